@@ -1,0 +1,117 @@
+//! Store configuration.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::{Clock, SystemClock};
+use crate::error::{Error, Result};
+use crate::segment::HEADER_LEN;
+
+/// When an acknowledged insert or remove reaches stable storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// A call returns only after its record is on stable storage. Concurrent
+    /// callers share fsyncs (group commit). A `Duplicate` answer is likewise
+    /// only given once the insert it reports is durable.
+    Immediate,
+    /// A background thread syncs every interval. A process crash loses nothing
+    /// acknowledged; a power loss loses at most the last interval.
+    Interval(Duration),
+    /// The OS decides when data reaches disk. A process crash loses nothing
+    /// acknowledged; a power loss can lose anything since the last `sync()`.
+    None,
+}
+
+/// What to do when recovery finds a bad checksum before the end of the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecoveryMode {
+    /// Truncate a torn tail (expected after a crash); report anything else as
+    /// `Error::Corruption`. The default.
+    #[default]
+    Strict,
+    /// Skip damaged bytes and keep every record whose checksum is still valid.
+    /// Counted in `Stats::salvaged_bytes`. Damaged inserts are forgotten and
+    /// damaged removals are undone, so use it only to rescue a broken store.
+    Salvage,
+}
+
+/// Configuration for [`crate::Store::open`]. `Config::default()` suits most users.
+#[derive(Clone)]
+pub struct Config {
+    pub durability: Durability,
+    /// TTL used by the `*_default_ttl` helpers. Default: 24 hours.
+    pub default_ttl: Duration,
+    /// Size of each preallocated log segment in bytes. Default 64 MiB;
+    /// 64 KiB to 1 GiB.
+    pub segment_size: u64,
+    pub recovery: RecoveryMode,
+    /// Source of wall-clock time for TTLs.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            durability: Durability::Immediate,
+            default_ttl: Duration::from_secs(24 * 3600),
+            segment_size: 64 << 20,
+            recovery: RecoveryMode::Strict,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("durability", &self.durability)
+            .field("default_ttl", &self.default_ttl)
+            .field("segment_size", &self.segment_size)
+            .field("recovery", &self.recovery)
+            .finish_non_exhaustive()
+    }
+}
+
+pub const MIN_SEGMENT_SIZE: u64 = 64 << 10;
+pub const MAX_SEGMENT_SIZE: u64 = 1 << 30;
+
+impl Config {
+    pub fn durability(mut self, d: Durability) -> Self {
+        self.durability = d;
+        self
+    }
+    pub fn segment_size(mut self, bytes: u64) -> Self {
+        self.segment_size = bytes;
+        self
+    }
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+    pub fn recovery(mut self, mode: RecoveryMode) -> Self {
+        self.recovery = mode;
+        self
+    }
+    pub fn default_ttl(mut self, ttl: Duration) -> Self {
+        self.default_ttl = ttl;
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if !(MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&self.segment_size) {
+            return Err(Error::InvalidConfig(format!(
+                "segment_size {} is outside {MIN_SEGMENT_SIZE}..={MAX_SEGMENT_SIZE}",
+                self.segment_size
+            )));
+        }
+        debug_assert!(self.segment_size > HEADER_LEN as u64 + crate::record::MAX_RECORD_LEN as u64);
+        if let Durability::Interval(d) = self.durability {
+            if d.is_zero() {
+                return Err(Error::InvalidConfig(
+                    "Durability::Interval needs a non-zero interval".into(),
+                ));
+            }
+        }
+        crate::store::check_ttl(self.default_ttl)
+    }
+}

@@ -1,0 +1,80 @@
+//! The one error type of the crate.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Everything that can go wrong in dedupstore.
+///
+/// Every variant says what failed and, where it applies, in which file and at
+/// which byte offset. New variants may be added in minor releases.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An I/O call failed. `op` names the call, `path` the file it was on.
+    #[error("I/O error during {op} on {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    /// A checksum or structural check failed on bytes that were already
+    /// durable. The store refuses to open rather than silently drop IDs;
+    /// `Config::recovery = RecoveryMode::Salvage` keeps what is still valid.
+    #[error("corruption in {file} at offset {offset}: {reason}")]
+    Corruption {
+        file: PathBuf,
+        offset: u64,
+        reason: &'static str,
+    },
+
+    /// The file was written by a newer format version than this build reads.
+    #[error("{file} has format version {found}; this build reads up to {supported}")]
+    UnsupportedVersion {
+        file: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+
+    /// Another `Store` (in this or another process) has the directory open.
+    #[error("store directory {dir} is locked by another open store")]
+    Locked { dir: PathBuf },
+
+    /// A key was empty or longer than [`crate::MAX_KEY_LEN`].
+    #[error("invalid key of {len} bytes: keys must be 1 to {max} bytes", max = crate::MAX_KEY_LEN)]
+    InvalidKey { len: usize },
+
+    /// A TTL was zero or longer than [`crate::MAX_TTL`].
+    #[error("invalid TTL {ttl:?}: it must be greater than zero and at most {max:?}", max = crate::MAX_TTL)]
+    InvalidTtl { ttl: std::time::Duration },
+
+    /// A `Config` value is out of range.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+
+    /// An earlier fsync (or msync) failed. What it was meant to persist may or
+    /// may not be on disk, so the store refuses every write (and every answer
+    /// that would rely on unsynced data) until it is reopened.
+    #[error("store is read-only after a failed sync; reopen it to recover")]
+    SyncFailed,
+}
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub(crate) fn io_err(
+    op: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(io::Error) -> Error {
+    let path = path.into();
+    move |source| Error::Io { op, path, source }
+}
+
+impl Error {
+    /// True when the error is a full disk (ENOSPC). Freeing space and retrying
+    /// the call is the remedy; nothing acknowledged was lost.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC))
+    }
+}

@@ -1,0 +1,183 @@
+//! The in-memory index: key hash -> record location, sharded by hash.
+//!
+//! Each entry is 16 bytes: a 32-bit tag from the key's hash, the record's
+//! segment and offset, and its expiry rounded up to the second. A lookup that
+//! matches a tag is always confirmed against the full key in the log before it
+//! counts, so the index is exact: hash collisions cost a comparison, never a
+//! wrong answer. A miss touches no log byte unless two different keys in one
+//! shard share all 32 tag bits (about 1 in 4 billion per probe).
+
+use std::sync::{Mutex, MutexGuard};
+
+use crossbeam::utils::CachePadded;
+use hashbrown::HashTable;
+
+pub const SHARD_BITS: u32 = 8;
+pub const SHARDS: usize = 1 << SHARD_BITS;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    pub tag: u32,
+    pub seg: u32,
+    pub off: u32,
+    /// Expiry in whole seconds, rounded up: when `now_s >= exp_s` the record
+    /// has certainly expired (GC relies on this never being early).
+    pub exp_s: u32,
+}
+
+pub fn hash_key(key: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key)
+}
+
+pub fn shard_of(hash: u64) -> usize {
+    (hash >> (64 - SHARD_BITS)) as usize
+}
+
+pub fn tag_of(hash: u64) -> u32 {
+    hash as u32
+}
+
+/// Table hash of an entry: derived from the tag alone, so the table can
+/// rehash on growth without reading keys back from the log.
+fn spread(tag: u32) -> u64 {
+    (tag as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+pub fn exp_secs(expires_ms: u64) -> u32 {
+    expires_ms.div_ceil(1000).min(u32::MAX as u64) as u32
+}
+
+#[derive(Default)]
+pub struct Shard {
+    table: HashTable<Entry>,
+}
+
+impl Shard {
+    /// The entry for the key whose hash has `tag`, confirmed by `is_key`
+    /// (which compares the full key in the log).
+    pub fn find(&self, tag: u32, mut is_key: impl FnMut(&Entry) -> bool) -> Option<Entry> {
+        self.table
+            .find(spread(tag), |e| e.tag == tag && is_key(e))
+            .copied()
+    }
+
+    /// Inserts or replaces the entry for the key that `is_key` confirms.
+    pub fn upsert(&mut self, entry: Entry, mut is_key: impl FnMut(&Entry) -> bool) {
+        let tag = entry.tag;
+        match self
+            .table
+            .find_mut(spread(tag), |e| e.tag == tag && is_key(e))
+        {
+            Some(slot) => *slot = entry,
+            None => {
+                self.table
+                    .insert_unique(spread(tag), entry, |e| spread(e.tag));
+            }
+        }
+    }
+
+    /// Removes the entry for the key that `is_key` confirms; returns it.
+    pub fn remove(&mut self, tag: u32, mut is_key: impl FnMut(&Entry) -> bool) -> Option<Entry> {
+        match self
+            .table
+            .find_entry(spread(tag), |e| e.tag == tag && is_key(e))
+        {
+            Ok(occupied) => Some(occupied.remove().0),
+            Err(_) => None,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Bytes of heap this shard's table holds.
+    pub fn heap_bytes(&self) -> usize {
+        // hashbrown: one entry plus one control byte per bucket.
+        self.table.capacity() * (std::mem::size_of::<Entry>() + 1)
+    }
+
+    /// Keeps only the entries `keep` accepts.
+    pub fn retain(&mut self, keep: impl FnMut(&mut Entry) -> bool) {
+        self.table.retain(keep);
+    }
+}
+
+pub struct Index {
+    shards: Box<[CachePadded<Mutex<Shard>>]>,
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        Index {
+            shards: (0..SHARDS)
+                .map(|_| CachePadded::new(Mutex::new(Shard::default())))
+                .collect(),
+        }
+    }
+}
+
+impl Index {
+    pub fn lock(&self, shard: usize) -> MutexGuard<'_, Shard> {
+        // A panic while holding a shard lock cannot leave a half-made entry
+        // (each mutation is one table call), so poisoning is ignored.
+        self.shards[shard].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn len(&self) -> usize {
+        (0..SHARDS).map(|s| self.lock(s).len()).sum()
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        (0..SHARDS).map(|s| self.lock(s).heap_bytes()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_is_16_bytes() {
+        assert_eq!(std::mem::size_of::<Entry>(), 16);
+    }
+
+    #[test]
+    fn colliding_tags_are_kept_apart_by_the_key_check() {
+        // Two "keys" (told apart by offset) with the same tag.
+        let mut s = Shard::default();
+        let a = Entry {
+            tag: 7,
+            seg: 1,
+            off: 64,
+            exp_s: 10,
+        };
+        let b = Entry {
+            tag: 7,
+            seg: 1,
+            off: 96,
+            exp_s: 20,
+        };
+        s.upsert(a, |e| e.off == 64);
+        s.upsert(b, |e| e.off == 96);
+        assert_eq!(s.len(), 2);
+        assert_eq!(s.find(7, |e| e.off == 96), Some(b));
+        assert_eq!(s.find(7, |e| e.off == 64), Some(a));
+        assert_eq!(
+            s.find(7, |_| false),
+            None,
+            "a tag match alone is never a hit"
+        );
+        assert_eq!(s.remove(7, |e| e.off == 64), Some(a));
+        assert_eq!(s.find(7, |e| e.off == 96), Some(b));
+    }
+
+    #[test]
+    fn exp_secs_rounds_up() {
+        assert_eq!(exp_secs(0), 0);
+        assert_eq!(exp_secs(1), 1);
+        assert_eq!(exp_secs(1000), 1);
+        assert_eq!(exp_secs(1001), 2);
+        assert_eq!(exp_secs(u64::MAX), u32::MAX);
+    }
+}

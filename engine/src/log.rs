@@ -1,0 +1,193 @@
+//! The append side of the log: the active segment, record appends, rolls,
+//! and the table of open segments that readers resolve locations through.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use crate::error::Result;
+use crate::record::{self, Kind};
+use crate::segment::Segment;
+use crate::vfs::Vfs;
+
+/// Log sequence number: `segment id << 32 | byte offset`. Grows with every
+/// append, so "durable up to LSN x" covers every record before x.
+pub type Lsn = u64;
+
+pub fn lsn(seg: u32, off: usize) -> Lsn {
+    ((seg as u64) << 32) | off as u64
+}
+
+/// Open segments by id.
+pub struct SegmentTable<F: Vfs> {
+    map: RwLock<HashMap<u32, Arc<Segment<F>>>>,
+}
+
+impl<F: Vfs> Default for SegmentTable<F> {
+    fn default() -> Self {
+        SegmentTable {
+            map: RwLock::new(HashMap::new()),
+        }
+    }
+}
+
+impl<F: Vfs> SegmentTable<F> {
+    pub fn insert(&self, seg: Arc<Segment<F>>) {
+        self.map
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(seg.id, seg);
+    }
+
+    pub fn remove(&self, id: u32) -> Option<Arc<Segment<F>>> {
+        self.map
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id)
+    }
+
+    /// Runs `f` on segment `id`, if open.
+    pub fn with<R>(&self, id: u32, f: impl FnOnce(&Segment<F>) -> R) -> Option<R> {
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        map.get(&id).map(|s| f(s))
+    }
+
+    pub fn all(&self) -> Vec<Arc<Segment<F>>> {
+        let mut v: Vec<_> = self
+            .map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by_key(|s| s.id);
+        v
+    }
+}
+
+/// The record at `off` in `seg`. Only called with locations taken from the
+/// index, which point at published, checksummed records.
+pub fn record_at<F: Vfs>(seg: &Segment<F>, off: u32) -> &[u8] {
+    let off = off as usize;
+    let head = seg.read(off, record::RECORD_HEADER_LEN);
+    let len = record::encoded_len(record::key_len_of(head));
+    seg.read(off, len)
+}
+
+pub struct LogState<F: Vfs> {
+    pub active: Arc<Segment<F>>,
+    /// Next free byte in the active segment.
+    pub off: usize,
+}
+
+pub struct Log<F: Vfs> {
+    state: Mutex<LogState<F>>,
+    pub fs: Arc<F>,
+    pub dir: PathBuf,
+    pub segment_size: u64,
+    /// Set when a sync fails; from then on nothing is appended or reported
+    /// durable until the store is reopened.
+    pub poisoned: AtomicBool,
+}
+
+/// The log, locked for appends. Lock order: index shards, then the log, then
+/// the segment table.
+pub struct Appender<'a, F: Vfs> {
+    guard: MutexGuard<'a, LogState<F>>,
+    log: &'a Log<F>,
+}
+
+impl<F: Vfs> Log<F> {
+    pub fn new(
+        fs: Arc<F>,
+        dir: PathBuf,
+        segment_size: u64,
+        active: Arc<Segment<F>>,
+        off: usize,
+    ) -> Self {
+        Log {
+            state: Mutex::new(LogState { active, off }),
+            fs,
+            dir,
+            segment_size,
+            poisoned: AtomicBool::new(false),
+        }
+    }
+
+    pub fn lock(&self) -> Appender<'_, F> {
+        Appender {
+            guard: self.state.lock().unwrap_or_else(|p| p.into_inner()),
+            log: self,
+        }
+    }
+
+    /// The active segment and the end of its records.
+    pub fn head(&self) -> (Arc<Segment<F>>, usize) {
+        let g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        (g.active.clone(), g.off)
+    }
+}
+
+impl<F: Vfs> Appender<'_, F> {
+    /// Appends one record; returns its segment, offset and end LSN.
+    ///
+    /// Invariant: records are appended strictly in LSN order, each fully
+    /// written before the lock is released, so the log never has holes and
+    /// the order of two records for one key (written under its shard lock)
+    /// is their order in the log.
+    pub fn append(
+        &mut self,
+        table: &SegmentTable<F>,
+        kind: Kind,
+        expires_at: u64,
+        key: &[u8],
+    ) -> Result<(u32, u32, Lsn)> {
+        if self.log.poisoned.load(Ordering::Acquire) {
+            return Err(crate::Error::SyncFailed);
+        }
+        let len = record::encoded_len(key.len());
+        if self.guard.off + len > self.guard.active.capacity() {
+            self.roll(table)?;
+        }
+        let st = &mut *self.guard;
+        let off = st.off;
+        let mut buf = [0u8; record::MAX_RECORD_LEN];
+        record::encode(&mut buf[..len], kind, expires_at, key);
+        st.active.write(off, &buf[..len]);
+        st.off = off + len;
+        Ok((st.active.id, off as u32, lsn(st.active.id, off + len)))
+    }
+
+    /// Seals the active segment and starts the next one.
+    ///
+    /// Invariant: a segment is fully synced, and its watermark says so,
+    /// before any later segment exists; so only the newest segment can have
+    /// a torn tail, and a bad record in an older one is corruption.
+    fn roll(&mut self, table: &SegmentTable<F>) -> Result<()> {
+        let st = &mut *self.guard;
+        let sealed = st
+            .active
+            .sync(0, st.off)
+            .and_then(|()| st.active.persist_watermark(st.off as u64));
+        if let Err(e) = sealed {
+            self.log.poisoned.store(true, Ordering::Release);
+            return Err(e);
+        }
+        let next = st
+            .active
+            .id
+            .checked_add(1)
+            .ok_or_else(|| crate::Error::InvalidConfig("segment id space exhausted".into()))?;
+        let seg = Arc::new(Segment::create(
+            &*self.log.fs,
+            &self.log.dir,
+            next,
+            self.log.segment_size,
+        )?);
+        table.insert(seg.clone());
+        st.active = seg;
+        st.off = crate::segment::HEADER_LEN;
+        Ok(())
+    }
+}

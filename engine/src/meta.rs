@@ -1,0 +1,86 @@
+//! The store's metadata file, `dedupstore.meta`: it marks a directory as a
+//! dedupstore and carries the format version, checked before anything else.
+//!
+//! ```text
+//! 0..8    magic "DDUPMETA"
+//! 8..12   format version (u32)
+//! 12..16  reserved, zero
+//! 16..20  crc32 of bytes 0..16
+//! ```
+
+use std::path::Path;
+
+use crate::error::{io_err, Error, Result};
+use crate::segment::FORMAT_VERSION;
+use crate::vfs::{Vfs, VfsFile};
+
+pub const FILE_NAME: &str = "dedupstore.meta";
+const TMP_NAME: &str = "dedupstore.meta.tmp";
+pub const MAGIC: &[u8; 8] = b"DDUPMETA";
+pub const LEN: usize = 20;
+
+fn encode() -> [u8; LEN] {
+    let mut b = [0u8; LEN];
+    b[0..8].copy_from_slice(MAGIC);
+    b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    let crc = crc32fast::hash(&b[0..16]);
+    b[16..20].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+pub fn check(b: &[u8], path: &Path) -> Result<()> {
+    let corrupt = |offset, reason| Error::Corruption {
+        file: path.to_path_buf(),
+        offset,
+        reason,
+    };
+    if b.len() < LEN {
+        return Err(corrupt(b.len() as u64, "metadata file is truncated"));
+    }
+    if &b[0..8] != MAGIC {
+        return Err(corrupt(0, "not a dedupstore metadata file (bad magic)"));
+    }
+    let version = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
+    if version > FORMAT_VERSION {
+        return Err(Error::UnsupportedVersion {
+            file: path.to_path_buf(),
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    if crc32fast::hash(&b[0..16]) != u32::from_le_bytes([b[16], b[17], b[18], b[19]]) {
+        return Err(corrupt(16, "metadata checksum mismatch"));
+    }
+    if version == 0 {
+        return Err(corrupt(8, "format version 0"));
+    }
+    Ok(())
+}
+
+/// Checks the metadata file, creating it (crash-safely) in a new store.
+/// `has_segments` says whether the directory already holds log segments.
+pub fn open_or_create<F: Vfs>(fs: &F, dir: &Path, names: &[String]) -> Result<()> {
+    let path = dir.join(FILE_NAME);
+    if names.iter().any(|n| n == FILE_NAME) {
+        let f = fs.open(&path, false).map_err(io_err("open", &path))?;
+        let bytes = f.read_all().map_err(io_err("read", &path))?;
+        return check(&bytes, &path);
+    }
+    if names
+        .iter()
+        .any(|n| crate::segment::parse_name(n).is_some())
+    {
+        // The metadata file is made durable before the first segment exists.
+        return Err(Error::Corruption {
+            file: path,
+            offset: 0,
+            reason: "metadata file missing beside log segments",
+        });
+    }
+    let tmp = dir.join(TMP_NAME);
+    let f = fs.open(&tmp, true).map_err(io_err("create", &tmp))?;
+    f.write_all(&encode()).map_err(io_err("write", &tmp))?;
+    f.sync_all().map_err(io_err("fsync", &tmp))?;
+    fs.rename(&tmp, &path).map_err(io_err("rename", &tmp))?;
+    fs.sync_dir(dir).map_err(io_err("fsync dir", dir))
+}

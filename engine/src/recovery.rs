@@ -1,0 +1,232 @@
+//! Opening a store: replay every segment into the index, truncate a torn
+//! tail, and refuse (or, in salvage mode, skip) anything else that is damaged.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::{Config, RecoveryMode};
+use crate::error::{io_err, Error, Result};
+use crate::index::{exp_secs, hash_key, shard_of, tag_of, Entry, Index};
+use crate::log::{record_at, SegmentTable};
+use crate::record::{self, Decoded, Kind, Record};
+use crate::segment::{self, Segment, HEADER_LEN};
+use crate::vfs::Vfs;
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RecoveryStats {
+    /// Torn or unsynced records cut from the tail of the newest segment.
+    pub truncated_records: u64,
+    pub truncated_bytes: u64,
+    /// Damaged bytes skipped by `RecoveryMode::Salvage`.
+    pub salvaged_bytes: u64,
+}
+
+pub struct Recovered<F: Vfs> {
+    pub active: Arc<Segment<F>>,
+    pub end: usize,
+    pub stats: RecoveryStats,
+}
+
+/// Does the key stored at `e` equal `key`?
+pub fn entry_is_key<F: Vfs>(table: &SegmentTable<F>, e: &Entry, key: &[u8]) -> bool {
+    table
+        .with(e.seg, |s| {
+            &record_at(s, e.off)[record::RECORD_HEADER_LEN..] == key
+        })
+        .unwrap_or(false)
+}
+
+/// Applies one record, read in log order, to the index. The latest record
+/// for a key decides: an unexpired insert makes it present; an expired
+/// insert or a remove makes it absent.
+pub fn apply<F: Vfs>(
+    index: &Index,
+    table: &SegmentTable<F>,
+    rec: &Record<'_>,
+    seg: u32,
+    off: usize,
+    now: u64,
+) {
+    let h = hash_key(rec.key);
+    let tag = tag_of(h);
+    let mut shard = index.lock(shard_of(h));
+    let is_key = |e: &Entry| entry_is_key(table, e, rec.key);
+    if rec.kind == Kind::Insert && rec.expires_at > now {
+        shard.upsert(
+            Entry {
+                tag,
+                seg,
+                off: off as u32,
+                exp_s: exp_secs(rec.expires_at),
+            },
+            is_key,
+        );
+    } else {
+        shard.remove(tag, is_key);
+    }
+}
+
+pub fn recover<F: Vfs>(
+    fs: &F,
+    dir: &Path,
+    cfg: &Config,
+    table: &SegmentTable<F>,
+    index: &Index,
+) -> Result<Recovered<F>> {
+    let now = cfg.clock.now_ms();
+    let mut ids = Vec::new();
+    let mut removed_tmp = false;
+    for name in fs.list(dir).map_err(io_err("list", dir))? {
+        if name.ends_with(".tmp") {
+            // A segment or metadata file whose creation did not finish.
+            let p = dir.join(&name);
+            fs.remove(&p).map_err(io_err("remove orphan", &p))?;
+            removed_tmp = true;
+        } else if let Some(id) = segment::parse_name(&name) {
+            ids.push(id);
+        }
+    }
+    if removed_tmp {
+        fs.sync_dir(dir).map_err(io_err("fsync dir", dir))?;
+    }
+    ids.sort_unstable();
+    let mut stats = RecoveryStats::default();
+    let Some(&newest) = ids.last() else {
+        let seg = Arc::new(Segment::create(fs, dir, 1, cfg.segment_size)?);
+        table.insert(seg.clone());
+        return Ok(Recovered {
+            active: seg,
+            end: HEADER_LEN,
+            stats,
+        });
+    };
+    let mut active = None;
+    for &id in &ids {
+        let is_newest = id == newest;
+        let path = dir.join(segment::file_name(id));
+        let (seg, wm) = Segment::open(fs, &path, id, is_newest.then_some(cfg.segment_size))?;
+        let seg = Arc::new(seg);
+        table.insert(seg.clone());
+        let end = scan(&seg, wm, is_newest, cfg.recovery, &mut stats, |rec, off| {
+            apply(index, table, rec, id, off, now)
+        })?;
+        if is_newest {
+            active = Some((seg, end));
+        }
+    }
+    let (active, end) = active.ok_or_else(|| Error::InvalidConfig("no newest segment".into()))?;
+    Ok(Recovered { active, end, stats })
+}
+
+/// Reads a segment's records in order, calling `apply` on each. Returns the
+/// end of the valid records (where appends continue, for the newest one).
+fn scan<F: Vfs>(
+    seg: &Segment<F>,
+    wm: Option<u64>,
+    is_newest: bool,
+    mode: RecoveryMode,
+    stats: &mut RecoveryStats,
+    mut apply: impl FnMut(&Record<'_>, usize),
+) -> Result<usize> {
+    let cap = seg.capacity();
+    let corrupt = |offset: usize, reason| Error::Corruption {
+        file: seg.path.clone(),
+        offset: offset as u64,
+        reason,
+    };
+    // Sealed segments were synced whole and their watermark persisted before
+    // the next segment was created; only the newest may lack a readable one.
+    let wm = match wm {
+        Some(w) => w,
+        None if is_newest => HEADER_LEN as u64,
+        None if mode == RecoveryMode::Salvage => cap as u64,
+        None => return Err(corrupt(24, "sealed segment has no valid watermark")),
+    };
+    if wm > cap as u64 && mode == RecoveryMode::Strict {
+        return Err(corrupt(cap, "segment is shorter than its synced length"));
+    }
+    let mut off = HEADER_LEN;
+    let end = loop {
+        let problem = match record::decode(seg.read(off, cap - off)) {
+            Decoded::Record(rec, len) => {
+                apply(&rec, off);
+                off += len;
+                continue;
+            }
+            Decoded::End => None,
+            Decoded::Invalid(reason) => Some(reason),
+        };
+        let below_wm = (off as u64) < wm;
+        // Invariant: the log ends at the first blank or bad record, unless
+        // that spot was already synced (then it is damage, not a tail), and
+        // only the newest segment can have a torn tail.
+        if !below_wm && (problem.is_none() || is_newest) {
+            break off;
+        }
+        let reason = problem.unwrap_or("blank bytes inside synced records");
+        if mode == RecoveryMode::Strict {
+            return Err(corrupt(off, reason));
+        }
+        match next_record(seg, off + 1) {
+            Some(next) => {
+                stats.salvaged_bytes += (next - off) as u64;
+                off = next;
+            }
+            None => {
+                stats.salvaged_bytes +=
+                    (last_nonzero(seg, off).map_or(off, |l| l + 1) - off) as u64;
+                break off;
+            }
+        }
+    };
+    if is_newest {
+        truncate_tail(seg, end, stats);
+    }
+    Ok(end)
+}
+
+/// First offset at or after `from` where a valid record starts.
+fn next_record<F: Vfs>(seg: &Segment<F>, from: usize) -> Option<usize> {
+    let cap = seg.capacity();
+    (from..cap).find(|&p| matches!(record::decode(seg.read(p, cap - p)), Decoded::Record(..)))
+}
+
+/// Offset of the last non-zero byte at or after `from`.
+fn last_nonzero<F: Vfs>(seg: &Segment<F>, from: usize) -> Option<usize> {
+    let cap = seg.capacity();
+    seg.read(from, cap - from)
+        .iter()
+        .rposition(|&b| b != 0)
+        .map(|p| from + p)
+}
+
+/// Zeroes whatever follows the last valid record of the newest segment: a
+/// torn record, or records that outlived a lost earlier page. Leaving them
+/// would let a later append line up with them and bring them back.
+fn truncate_tail<F: Vfs>(seg: &Segment<F>, end: usize, stats: &mut RecoveryStats) {
+    let cap = seg.capacity();
+    let Some(last) = last_nonzero(seg, end) else {
+        return;
+    };
+    let mut p = end;
+    while p <= last {
+        match record::decode(seg.read(p, cap - p)) {
+            Decoded::Record(_, len) => {
+                stats.truncated_records += 1;
+                p += len;
+            }
+            Decoded::End => p += 1,
+            Decoded::Invalid(_) => {
+                stats.truncated_records += 1;
+                p += 1;
+                while p <= last
+                    && matches!(record::decode(seg.read(p, cap - p)), Decoded::Invalid(_))
+                {
+                    p += 1;
+                }
+            }
+        }
+    }
+    stats.truncated_bytes += (last + 1 - end) as u64;
+    seg.zero_range(end, last + 1);
+}

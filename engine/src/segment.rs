@@ -1,0 +1,282 @@
+//! A log segment: one preallocated, memory-mapped file of records.
+//!
+//! ```text
+//! 0..8    magic "DDUPSEG\0"
+//! 8..12   format version (u32)
+//! 12..16  segment id (u32)
+//! 16..20  reserved, zero
+//! 20..24  crc32 of bytes 0..20
+//! 24..32  synced_len (u64): every byte below it was durable when it was written
+//! 32..36  crc32 of bytes 24..32
+//! 36..64  reserved, zero
+//! 64..    records, then zeros to the end of the file
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::error::{io_err, Error, Result};
+use crate::vfs::{Mapping as _, Vfs, VfsFile};
+
+pub const MAGIC: &[u8; 8] = b"DDUPSEG\0";
+pub const FORMAT_VERSION: u32 = 1;
+pub const HEADER_LEN: usize = 64;
+const WATERMARK_OFF: usize = 24;
+
+pub fn file_name(id: u32) -> String {
+    format!("seg-{id:010}.log")
+}
+
+pub fn tmp_name(id: u32) -> String {
+    format!("seg-{id:010}.tmp")
+}
+
+/// Parses `seg-NNNNNNNNNN.log`.
+pub fn parse_name(name: &str) -> Option<u32> {
+    let digits = name.strip_prefix("seg-")?.strip_suffix(".log")?;
+    if digits.len() != 10 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+pub struct Segment<F: Vfs> {
+    pub id: u32,
+    pub path: PathBuf,
+    map: <F::File as VfsFile>::Map,
+    /// Highest watermark written to the header. Writers of the header slot
+    /// hold this lock so the slot is never torn by two writers and never
+    /// moves backwards.
+    watermark: Mutex<u64>,
+    _file: F::File,
+}
+
+fn encode_header(id: u32) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[0..8].copy_from_slice(MAGIC);
+    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[12..16].copy_from_slice(&id.to_le_bytes());
+    let crc = crc32fast::hash(&h[0..20]);
+    h[20..24].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[off..off + 4]);
+    u32::from_le_bytes(a)
+}
+
+fn u64_at(b: &[u8], off: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[off..off + 8]);
+    u64::from_le_bytes(a)
+}
+
+/// Checks a segment header. Returns the watermark, or `None` if its slot is
+/// torn or blank (then nothing is known to have been synced).
+pub fn check_header(h: &[u8], expect_id: u32, path: &Path) -> Result<Option<u64>> {
+    let corrupt = |offset, reason| Error::Corruption {
+        file: path.to_path_buf(),
+        offset,
+        reason,
+    };
+    if h.len() < HEADER_LEN {
+        return Err(corrupt(0, "segment shorter than its header"));
+    }
+    if &h[0..8] != MAGIC {
+        return Err(corrupt(0, "bad segment magic"));
+    }
+    let version = u32_at(h, 8);
+    if version > FORMAT_VERSION {
+        return Err(Error::UnsupportedVersion {
+            file: path.to_path_buf(),
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    if crc32fast::hash(&h[0..20]) != u32_at(h, 20) {
+        return Err(corrupt(20, "segment header checksum mismatch"));
+    }
+    if version == 0 {
+        return Err(corrupt(8, "segment format version 0"));
+    }
+    if u32_at(h, 12) != expect_id {
+        return Err(corrupt(12, "segment id does not match file name"));
+    }
+    let wm = u64_at(h, WATERMARK_OFF);
+    if crc32fast::hash(&h[WATERMARK_OFF..WATERMARK_OFF + 8]) == u32_at(h, 32)
+        && wm >= HEADER_LEN as u64
+    {
+        Ok(Some(wm))
+    } else {
+        Ok(None)
+    }
+}
+
+impl<F: Vfs> Segment<F> {
+    /// Creates segment `id` crash-safely: a temp file is preallocated, given
+    /// its header, fsynced, then renamed into place and the directory fsynced.
+    /// A crash leaves either no segment or a complete empty one (plus perhaps a
+    /// temp file, removed on open).
+    pub fn create(fs: &F, dir: &Path, id: u32, size: u64) -> Result<Self> {
+        let tmp = dir.join(tmp_name(id));
+        let path = dir.join(file_name(id));
+        let file = fs
+            .open(&tmp, true)
+            .map_err(io_err("create segment", &tmp))?;
+        file.allocate(size).map_err(io_err("fallocate", &tmp))?;
+        let map = file.map().map_err(io_err("mmap", &tmp))?;
+        let seg: Segment<F> = Segment {
+            id,
+            path: path.clone(),
+            map,
+            watermark: Mutex::new(HEADER_LEN as u64),
+            _file: file,
+        };
+        let header = encode_header(id);
+        seg.write(0, &header);
+        seg.write_watermark_slot(HEADER_LEN as u64);
+        seg.sync(0, HEADER_LEN)?;
+        seg._file.sync_all().map_err(io_err("fsync", &tmp))?;
+        fs.rename(&tmp, &path).map_err(io_err("rename", &tmp))?;
+        fs.sync_dir(dir).map_err(io_err("fsync dir", dir))?;
+        Ok(seg)
+    }
+
+    /// Opens an existing segment, extending it to `min_size` first if it is
+    /// shorter (only done for the segment that will take appends).
+    pub fn open(
+        fs: &F,
+        path: &Path,
+        id: u32,
+        min_size: Option<u64>,
+    ) -> Result<(Self, Option<u64>)> {
+        let file = fs.open(path, false).map_err(io_err("open segment", path))?;
+        let len = file.len().map_err(io_err("stat", path))?;
+        if len < HEADER_LEN as u64 {
+            return Err(Error::Corruption {
+                file: path.into(),
+                offset: len,
+                reason: "segment shorter than its header",
+            });
+        }
+        if len > u32::MAX as u64 {
+            return Err(Error::Corruption {
+                file: path.into(),
+                offset: u32::MAX as u64,
+                reason: "segment larger than 4 GiB",
+            });
+        }
+        if let Some(min) = min_size {
+            if len < min {
+                file.allocate(min).map_err(io_err("fallocate", path))?;
+            }
+        }
+        let map = file.map().map_err(io_err("mmap", path))?;
+        let seg: Segment<F> = Segment {
+            id,
+            path: path.to_path_buf(),
+            map,
+            watermark: Mutex::new(0),
+            _file: file,
+        };
+        let wm = check_header(seg.read(0, HEADER_LEN), id, path)?;
+        *seg.lock_watermark() = wm.unwrap_or(HEADER_LEN as u64);
+        Ok((seg, wm))
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Bytes `[off, off + len)`.
+    ///
+    /// Callers only read ranges that are not being written: published records
+    /// (immutable once appended), or anything before appends start.
+    pub fn read(&self, off: usize, len: usize) -> &[u8] {
+        assert!(
+            off.checked_add(len)
+                .is_some_and(|end| end <= self.map.len()),
+            "read out of segment bounds"
+        );
+        // SAFETY: in bounds (checked above) of a mapping that lives as long as
+        // `self`; the range is not concurrently written (see doc comment).
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(off), len) }
+    }
+
+    /// Copies `bytes` to `off`. Callers own `[off, off + len)` exclusively:
+    /// the log writer reserves it under its lock, and nobody reads it until
+    /// it is published.
+    pub fn write(&self, off: usize, bytes: &[u8]) {
+        assert!(
+            off.checked_add(bytes.len())
+                .is_some_and(|end| end <= self.map.len()),
+            "write out of segment bounds"
+        );
+        // SAFETY: in bounds (checked above); the file was preallocated to the
+        // mapping's length, so the write cannot SIGBUS on a full disk; the
+        // range is owned by this writer (see doc comment).
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.map.as_ptr().add(off), bytes.len())
+        }
+    }
+
+    pub fn sync(&self, off: usize, len: usize) -> Result<()> {
+        self.map
+            .sync_range(off, len)
+            .map_err(io_err("msync", &self.path))
+    }
+
+    fn lock_watermark(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.watermark.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_watermark_slot(&self, wm: u64) {
+        let mut slot = [0u8; 12];
+        slot[0..8].copy_from_slice(&wm.to_le_bytes());
+        let crc = crc32fast::hash(&slot[0..8]);
+        slot[8..12].copy_from_slice(&crc.to_le_bytes());
+        self.write(WATERMARK_OFF, &slot);
+    }
+
+    /// Records that `[0, wm)` is durable. Call only after a completed sync of
+    /// that range: the slot is then a lower bound on what is on disk, which is
+    /// what lets recovery tell corruption (below it) from a torn tail.
+    pub fn set_watermark(&self, wm: u64) {
+        let mut cur = self.lock_watermark();
+        if wm > *cur {
+            *cur = wm;
+            self.write_watermark_slot(wm);
+        }
+    }
+
+    /// Sets the watermark and makes the header durable too. Used when a
+    /// segment is sealed and on clean close.
+    pub fn persist_watermark(&self, wm: u64) -> Result<()> {
+        self.set_watermark(wm);
+        self.sync(0, HEADER_LEN)
+    }
+
+    /// Overwrites `[from, to)` with zeros (torn tail cleanup), only where
+    /// non-zero so untouched preallocated pages stay untouched.
+    pub fn zero_range(&self, from: usize, to: usize) {
+        const CHUNK: usize = 4096;
+        let mut off = from;
+        while off < to {
+            let end = (off - off % CHUNK + CHUNK).min(to);
+            if self.read(off, end - off).iter().any(|&b| b != 0) {
+                let zeros = [0u8; CHUNK];
+                self.write(off, &zeros[..end - off]);
+            }
+            off = end;
+        }
+    }
+}
+
+impl<F: Vfs> Segment<F> {
+    /// The highest watermark written (for a sealed segment: its record end).
+    pub fn watermark(&self) -> u64 {
+        *self.lock_watermark()
+    }
+}

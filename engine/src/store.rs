@@ -1,0 +1,423 @@
+//! The public `Store`: check-and-insert, contains, remove, sync, stats.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+
+use crossbeam::channel::{self, RecvTimeoutError, Sender};
+
+use crate::clock::to_system_time;
+use crate::commit::Commit;
+use crate::config::{Config, Durability};
+use crate::error::{io_err, Error, Result};
+use crate::index::{exp_secs, hash_key, shard_of, tag_of, Entry, Index, Shard};
+use crate::log::{lsn, record_at, Appender, Log, Lsn, SegmentTable};
+use crate::record::{self, Kind, MAX_KEY_LEN};
+use crate::recovery::{self, entry_is_key, RecoveryStats};
+use crate::vfs::{OsFs, Vfs};
+
+/// The longest TTL accepted: 10 years.
+pub const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+const LOCK_FILE: &str = "LOCK";
+
+/// The answer of a check-and-insert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The ID was new; it is now recorded until its TTL ends. Process the message.
+    Inserted,
+    /// The ID was already recorded and has not expired. Skip the message.
+    Duplicate { expires_at: SystemTime },
+}
+
+impl Outcome {
+    pub fn is_inserted(&self) -> bool {
+        matches!(self, Outcome::Inserted)
+    }
+}
+
+/// A snapshot of the store's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Keys in the index. Includes keys that expired but were not yet
+    /// dropped (they answer as absent).
+    pub indexed_keys: u64,
+    /// Bytes of all segment files (preallocated size).
+    pub disk_bytes: u64,
+    /// Bytes of records appended (used part of the segments).
+    pub log_bytes: u64,
+    pub segments: u64,
+    /// Heap bytes held by the index tables.
+    pub index_bytes: u64,
+    /// Torn or unsynced records cut from the log's tail on the last open.
+    pub truncated_records: u64,
+    pub truncated_bytes: u64,
+    /// Damaged bytes skipped on the last open under `RecoveryMode::Salvage`.
+    pub salvaged_bytes: u64,
+    /// Syncs (msync) run by group commit since open.
+    pub syncs: u64,
+}
+
+struct Inner<F: Vfs> {
+    dir: PathBuf,
+    config: Config,
+    index: Index,
+    table: SegmentTable<F>,
+    log: Log<F>,
+    commit: Commit,
+    recovered: RecoveryStats,
+    _lock: F::Lock,
+}
+
+/// An open dedup store. `Send + Sync`: share it across threads by reference
+/// or in an `Arc`. Dropping it syncs and closes it; use [`Store::close`] to
+/// see errors from that final sync.
+pub struct Store<F: Vfs = OsFs> {
+    inner: Arc<Inner<F>>,
+    flusher: Option<(Sender<()>, JoinHandle<()>)>,
+}
+
+pub(crate) fn check_ttl(ttl: Duration) -> Result<()> {
+    if ttl.is_zero() || ttl > MAX_TTL {
+        return Err(Error::InvalidTtl { ttl });
+    }
+    Ok(())
+}
+
+fn check_key(key: &[u8]) -> Result<()> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(Error::InvalidKey { len: key.len() });
+    }
+    Ok(())
+}
+
+impl Store<OsFs> {
+    /// Opens (or creates) the store in `dir`, recovering from any crash.
+    pub fn open(dir: impl AsRef<Path>, config: Config) -> Result<Self> {
+        Self::open_with(OsFs, dir, config)
+    }
+}
+
+impl<F: Vfs> Store<F> {
+    /// Opens the store on a given file system (the simulated one in tests).
+    pub fn open_with(fs: F, dir: impl AsRef<Path>, config: Config) -> Result<Self> {
+        config.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        let fs = Arc::new(fs);
+        fs.create_dir_all(&dir)
+            .map_err(io_err("create dir", &dir))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = fs
+            .try_lock(&lock_path)
+            .map_err(io_err("lock", &lock_path))?
+            .ok_or_else(|| Error::Locked { dir: dir.clone() })?;
+        let names = fs.list(&dir).map_err(io_err("list", &dir))?;
+        crate::meta::open_or_create(&*fs, &dir, &names)?;
+
+        let index = Index::default();
+        let table = SegmentTable::default();
+        let rec = recovery::recover(&*fs, &dir, &config, &table, &index)?;
+        // Whatever recovery found may sit only in the page cache (a process
+        // crash before its sync). Sync it now, so that no answer given from
+        // here on relies on data that a power loss could still take away.
+        rec.active.sync(0, rec.end)?;
+        rec.active.persist_watermark(rec.end as u64)?;
+        let commit = Commit::default();
+        commit.mark_synced(lsn(rec.active.id, rec.end));
+        let log = Log::new(fs, dir.clone(), config.segment_size, rec.active, rec.end);
+        let inner = Arc::new(Inner {
+            dir,
+            config,
+            index,
+            table,
+            log,
+            commit,
+            recovered: rec.stats,
+            _lock: lock,
+        });
+        let flusher = match inner.config.durability {
+            Durability::Interval(every) => Some(spawn_flusher(inner.clone(), every)?),
+            _ => None,
+        };
+        Ok(Store { inner, flusher })
+    }
+
+    /// Atomically: if `key` is recorded and unexpired, returns `Duplicate`;
+    /// otherwise records it with this TTL and returns `Inserted`. Of any
+    /// number of concurrent calls for one key, exactly one gets `Inserted`.
+    ///
+    /// Under `Durability::Immediate` it returns only once the record (for
+    /// `Inserted`) or the earlier insert it reports (for `Duplicate`) is on
+    /// stable storage. A `Duplicate` does not extend the stored TTL.
+    pub fn check_and_insert(&self, key: &[u8], ttl: Duration) -> Result<Outcome> {
+        check_key(key)?;
+        check_ttl(ttl)?;
+        let inner = &*self.inner;
+        let now = inner.config.clock.now_ms();
+        let expires_at = now.saturating_add(ttl.as_millis() as u64);
+        let h = hash_key(key);
+        let (outcome, need) = {
+            let mut shard = inner.index.lock(shard_of(h));
+            inner.check_and_insert_locked(&mut shard, None, key, h, now, expires_at)?
+        };
+        inner.wait_for(need)?;
+        Ok(outcome)
+    }
+
+    /// `check_and_insert` with `Config::default_ttl`.
+    pub fn check_and_insert_default_ttl(&self, key: &[u8]) -> Result<Outcome> {
+        self.check_and_insert(key, self.inner.config.default_ttl)
+    }
+
+    /// One outcome per key, in order. A key repeated inside the batch is
+    /// `Duplicate` after its first occurrence. The batch takes each involved
+    /// index shard and the log lock once, and shares one sync. If any key is
+    /// invalid, nothing is inserted.
+    pub fn check_and_insert_batch<K: AsRef<[u8]>>(
+        &self,
+        keys: &[K],
+        ttl: Duration,
+    ) -> Result<Vec<Outcome>> {
+        check_ttl(ttl)?;
+        for k in keys {
+            check_key(k.as_ref())?;
+        }
+        let inner = &*self.inner;
+        let now = inner.config.clock.now_ms();
+        let expires_at = now.saturating_add(ttl.as_millis() as u64);
+        let hashes: Vec<u64> = keys.iter().map(|k| hash_key(k.as_ref())).collect();
+        let mut shard_ids: Vec<usize> = hashes.iter().map(|&h| shard_of(h)).collect();
+        shard_ids.sort_unstable();
+        shard_ids.dedup();
+        let mut outcomes = Vec::with_capacity(keys.len());
+        let mut need = 0;
+        {
+            // Lock order: shards ascending, then the log.
+            let mut guards: Vec<_> = shard_ids.iter().map(|&s| inner.index.lock(s)).collect();
+            let mut appender = inner.log.lock();
+            for (k, &h) in keys.iter().zip(&hashes) {
+                let Ok(g) = shard_ids.binary_search(&shard_of(h)) else {
+                    unreachable!("shard was collected above")
+                };
+                let (o, n) = inner.check_and_insert_locked(
+                    &mut guards[g],
+                    Some(&mut appender),
+                    k.as_ref(),
+                    h,
+                    now,
+                    expires_at,
+                )?;
+                outcomes.push(o);
+                need = need.max(n);
+            }
+        }
+        inner.wait_for(need)?;
+        Ok(outcomes)
+    }
+
+    /// True if `key` is recorded and unexpired. Under `Immediate`, only
+    /// durable inserts count.
+    pub fn contains(&self, key: &[u8]) -> Result<bool> {
+        check_key(key)?;
+        let inner = &*self.inner;
+        let now = inner.config.clock.now_ms();
+        let h = hash_key(key);
+        let need = {
+            let shard = inner.index.lock(shard_of(h));
+            match inner.find_live(&shard, key, h, now) {
+                Some((e, _)) => lsn_after(&e, key),
+                None => return Ok(false),
+            }
+        };
+        inner.wait_for(need)?;
+        Ok(true)
+    }
+
+    /// Forgets `key`, so its next delivery is processed again (for when
+    /// processing failed after the insert). Returns whether it was present.
+    /// Under `Immediate` the removal is durable when this returns.
+    pub fn remove(&self, key: &[u8]) -> Result<bool> {
+        check_key(key)?;
+        let inner = &*self.inner;
+        let now = inner.config.clock.now_ms();
+        let h = hash_key(key);
+        let need = {
+            let mut shard = inner.index.lock(shard_of(h));
+            let Some((_, expires_at)) = inner.find_live(&shard, key, h, now) else {
+                return Ok(false);
+            };
+            let (_, _, end) =
+                inner
+                    .log
+                    .lock()
+                    .append(&inner.table, Kind::Remove, expires_at, key)?;
+            shard.remove(tag_of(h), |e| entry_is_key(&inner.table, e, key));
+            end
+        };
+        if inner.config.durability == Durability::Immediate {
+            inner.commit.wait_durable(&inner.log, need)?;
+        }
+        Ok(true)
+    }
+
+    /// Makes everything acknowledged before this call durable, in every mode.
+    pub fn sync(&self) -> Result<()> {
+        self.inner.sync()
+    }
+
+    pub fn stats(&self) -> Stats {
+        let inner = &*self.inner;
+        let segs = inner.table.all();
+        let (active, end) = inner.log.head();
+        let log_bytes: u64 = segs
+            .iter()
+            .map(|s| {
+                if s.id == active.id {
+                    end as u64
+                } else {
+                    s.watermark()
+                }
+            })
+            .sum();
+        Stats {
+            indexed_keys: inner.index.len() as u64,
+            disk_bytes: segs.iter().map(|s| s.capacity() as u64).sum(),
+            log_bytes,
+            segments: segs.len() as u64,
+            index_bytes: inner.index.heap_bytes() as u64,
+            truncated_records: inner.recovered.truncated_records,
+            truncated_bytes: inner.recovered.truncated_bytes,
+            salvaged_bytes: inner.recovered.salvaged_bytes,
+            syncs: inner.commit.syncs.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Syncs and closes, reporting any error of that final sync.
+    pub fn close(mut self) -> Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<()> {
+        if let Some((tx, handle)) = self.flusher.take() {
+            drop(tx);
+            let _ = handle.join();
+        }
+        if self.inner.log.poisoned.load(Ordering::Acquire) {
+            return Err(Error::SyncFailed);
+        }
+        self.inner.sync()?;
+        let (seg, end) = self.inner.log.head();
+        seg.persist_watermark(end as u64)
+    }
+}
+
+impl<F: Vfs> Drop for Store<F> {
+    fn drop(&mut self) {
+        // Errors cannot be returned from drop; `close` reports them.
+        let _ = self.shutdown();
+    }
+}
+
+/// End LSN of the record an entry points at.
+fn lsn_after(e: &Entry, key: &[u8]) -> Lsn {
+    lsn(e.seg, e.off as usize + record::encoded_len(key.len()))
+}
+
+impl<F: Vfs> Inner<F> {
+    /// The index entry for `key` and its exact expiry, if unexpired.
+    fn find_live(&self, shard: &Shard, key: &[u8], h: u64, now: u64) -> Option<(Entry, u64)> {
+        let e = shard.find(tag_of(h), |e| entry_is_key(&self.table, e, key))?;
+        let expires_at = self
+            .table
+            .with(e.seg, |s| record::expires_at_of(record_at(s, e.off)))?;
+        (expires_at > now).then_some((e, expires_at))
+    }
+
+    /// The body of check-and-insert, with the key's shard locked. Returns the
+    /// outcome and the LSN that must be durable before it may be reported.
+    fn check_and_insert_locked(
+        &self,
+        shard: &mut Shard,
+        appender: Option<&mut Appender<'_, F>>,
+        key: &[u8],
+        h: u64,
+        now: u64,
+        expires_at: u64,
+    ) -> Result<(Outcome, Lsn)> {
+        if let Some((e, exp)) = self.find_live(shard, key, h, now) {
+            return Ok((
+                Outcome::Duplicate {
+                    expires_at: to_system_time(exp),
+                },
+                lsn_after(&e, key),
+            ));
+        }
+        let (seg, off, end) = match appender {
+            Some(a) => a.append(&self.table, Kind::Insert, expires_at, key)?,
+            None => self
+                .log
+                .lock()
+                .append(&self.table, Kind::Insert, expires_at, key)?,
+        };
+        // Invariant: the record is in the log before the index points at it,
+        // and both happen under the shard lock, so a racing call for the same
+        // key sees either nothing (and waits on the lock) or this insert.
+        shard.upsert(
+            Entry {
+                tag: tag_of(h),
+                seg,
+                off,
+                exp_s: exp_secs(expires_at),
+            },
+            |e| entry_is_key(&self.table, e, key),
+        );
+        Ok((Outcome::Inserted, end))
+    }
+
+    /// Under `Immediate`, waits until `need` is durable.
+    fn wait_for(&self, need: Lsn) -> Result<()> {
+        if self.config.durability == Durability::Immediate {
+            self.commit.wait_durable(&self.log, need)
+        } else if self.log.poisoned.load(Ordering::Acquire) {
+            Err(Error::SyncFailed)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn sync(&self) -> Result<()> {
+        let (seg, end) = self.log.head();
+        self.commit.wait_durable(&self.log, lsn(seg.id, end))
+    }
+}
+
+fn spawn_flusher<F: Vfs>(
+    inner: Arc<Inner<F>>,
+    every: Duration,
+) -> Result<(Sender<()>, JoinHandle<()>)> {
+    let (tx, rx) = channel::bounded::<()>(0);
+    let handle = std::thread::Builder::new()
+        .name("dedupstore-flush".into())
+        .spawn(move || loop {
+            match rx.recv_timeout(every) {
+                Err(RecvTimeoutError::Timeout) => {
+                    // A failure poisons the store; callers see it on their next call.
+                    let _ = inner.sync();
+                }
+                _ => return,
+            }
+        })
+        .map_err(io_err("spawn flusher", PathBuf::new()))?;
+    Ok((tx, handle))
+}

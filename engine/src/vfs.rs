@@ -1,0 +1,180 @@
+//! The narrow seam between the engine and the file system.
+//!
+//! Production uses [`OsFs`]; tests and fuzzers use the simulated file system
+//! in `sim` (feature `sim`), which keeps a durable image apart from the live
+//! one to model power loss and fails chosen I/O calls. The seam is a generic
+//! parameter, so the production path pays no dynamic dispatch; writes of
+//! records are plain memory copies into a [`Mapping`] and never cross it.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::Path;
+
+/// A file system as the engine sees it.
+pub trait Vfs: Send + Sync + 'static {
+    type File: VfsFile;
+    /// Held for as long as the store is open.
+    type Lock: Send + Sync;
+
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// File names (not paths) in `dir`.
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Opens read-write, creating the file if `create`.
+    fn open(&self, path: &Path, create: bool) -> io::Result<Self::File>;
+    fn remove(&self, path: &Path) -> io::Result<()>;
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Makes created, renamed and removed directory entries durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Takes an exclusive lock on `path`; `Ok(None)` if someone else holds it.
+    fn try_lock(&self, path: &Path) -> io::Result<Option<Self::Lock>>;
+}
+
+/// An open file.
+pub trait VfsFile: Send + Sync + Sized + 'static {
+    type Map: Mapping;
+
+    fn len(&self) -> io::Result<u64>;
+    /// Reserves real disk blocks up to `len` (never sparse), so later writes
+    /// through a mapping cannot hit a full disk.
+    fn allocate(&self, len: u64) -> io::Result<()>;
+    fn read_all(&self) -> io::Result<Vec<u8>>;
+    /// Writes `buf` at the start, replacing the file's contents.
+    fn write_all(&self, buf: &[u8]) -> io::Result<()>;
+    /// fsync: data and metadata (length) durable.
+    fn sync_all(&self) -> io::Result<()>;
+    /// Maps the whole file shared and writable. The file must not shrink while mapped.
+    fn map(&self) -> io::Result<Self::Map>;
+}
+
+/// A shared writable mapping of a whole file.
+pub trait Mapping: Send + Sync + 'static {
+    fn as_ptr(&self) -> *mut u8;
+    fn len(&self) -> usize;
+    /// msync(MS_SYNC) of `[off, off + len)`: those bytes are durable on return.
+    fn sync_range(&self, off: usize, len: usize) -> io::Result<()>;
+}
+
+/// The real file system.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OsFs;
+
+pub struct OsFile(File);
+
+impl Vfs for OsFs {
+    type File = OsFile;
+    type Lock = File;
+
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        fs::create_dir_all(dir)
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(dir)? {
+            if let Ok(name) = entry?.file_name().into_string() {
+                names.push(name);
+            }
+        }
+        Ok(names)
+    }
+    fn open(&self, path: &Path, create: bool) -> io::Result<OsFile> {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .truncate(false)
+            .open(path)
+            .map(OsFile)
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+    fn try_lock(&self, path: &Path) -> io::Result<Option<File>> {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        // flock: per open file description, so a second open in the same
+        // process conflicts too.
+        match f.try_lock() {
+            Ok(()) => Ok(Some(f)),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Err(fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
+}
+
+impl VfsFile for OsFile {
+    type Map = OsMap;
+
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let len =
+            libc::off_t::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: plain syscall on an fd we own; no memory is passed.
+        let rc = unsafe { libc::posix_fallocate(self.0.as_raw_fd(), 0, len) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(rc))
+        }
+    }
+    fn read_all(&self) -> io::Result<Vec<u8>> {
+        let mut v = Vec::new();
+        (&self.0).read_to_end(&mut v)?;
+        Ok(v)
+    }
+    fn write_all(&self, buf: &[u8]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.0.set_len(0)?;
+        self.0.write_all_at(buf, 0)?;
+        (&self.0).flush()
+    }
+    fn sync_all(&self) -> io::Result<()> {
+        self.0.sync_all()
+    }
+    fn map(&self) -> io::Result<OsMap> {
+        // SAFETY: the store holds the directory lock, so no other dedupstore
+        // changes the file; the file was preallocated to its full length
+        // before mapping and is never shrunk while mapped.
+        let mut map = unsafe { memmap2::MmapOptions::new().map_mut(&self.0)? };
+        Ok(OsMap {
+            ptr: map.as_mut_ptr(),
+            map,
+        })
+    }
+}
+
+pub struct OsMap {
+    map: memmap2::MmapMut,
+    ptr: *mut u8,
+}
+
+// SAFETY: the raw pointer is the mapping's own base address; the mapping lives
+// as long as this struct. Concurrent access is coordinated by the segment
+// (writers own disjoint reserved ranges; readers read only published records).
+unsafe impl Send for OsMap {}
+// SAFETY: as above.
+unsafe impl Sync for OsMap {}
+
+impl Mapping for OsMap {
+    fn as_ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+    fn sync_range(&self, off: usize, len: usize) -> io::Result<()> {
+        self.map.flush_range(off, len)
+    }
+}
