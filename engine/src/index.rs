@@ -96,11 +96,6 @@ impl Shard {
         // hashbrown: one entry plus one control byte per bucket.
         self.table.capacity() * (std::mem::size_of::<Entry>() + 1)
     }
-
-    /// Keeps only the entries `keep` accepts.
-    pub fn retain(&mut self, keep: impl FnMut(&mut Entry) -> bool) {
-        self.table.retain(keep);
-    }
 }
 
 pub struct Index {

@@ -40,13 +40,6 @@ impl<F: Vfs> SegmentTable<F> {
             .insert(seg.id, seg);
     }
 
-    pub fn remove(&self, id: u32) -> Option<Arc<Segment<F>>> {
-        self.map
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id)
-    }
-
     /// Runs `f` on segment `id`, if open.
     pub fn with<R>(&self, id: u32, f: impl FnOnce(&Segment<F>) -> R) -> Option<R> {
         let map = self.map.read().unwrap_or_else(|p| p.into_inner());

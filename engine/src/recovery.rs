@@ -215,7 +215,18 @@ fn truncate_tail<F: Vfs>(seg: &Segment<F>, end: usize, stats: &mut RecoveryStats
                 stats.truncated_records += 1;
                 p += len;
             }
-            Decoded::End => p += 1,
+            Decoded::End => {
+                // Skip the blank run. A record after it may start with zero
+                // bytes of its checksum, so look back up to three bytes.
+                let next = p + seg
+                    .read(p, last + 1 - p)
+                    .iter()
+                    .position(|&b| b != 0)
+                    .unwrap_or(last + 1 - p);
+                p = (next.saturating_sub(3).max(p + 1)..=next)
+                    .find(|&q| matches!(record::decode(seg.read(q, cap - q)), Decoded::Record(..)))
+                    .unwrap_or(next);
+            }
             Decoded::Invalid(_) => {
                 stats.truncated_records += 1;
                 p += 1;

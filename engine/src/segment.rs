@@ -153,7 +153,7 @@ impl<F: Vfs> Segment<F> {
         min_size: Option<u64>,
     ) -> Result<(Self, Option<u64>)> {
         let file = fs.open(path, false).map_err(io_err("open segment", path))?;
-        let len = file.len().map_err(io_err("stat", path))?;
+        let len = file.file_len().map_err(io_err("stat", path))?;
         if len < HEADER_LEN as u64 {
             return Err(Error::Corruption {
                 file: path.into(),
@@ -187,7 +187,7 @@ impl<F: Vfs> Segment<F> {
     }
 
     pub fn capacity(&self) -> usize {
-        self.map.len()
+        self.map.map_len()
     }
 
     /// Bytes `[off, off + len)`.
@@ -197,7 +197,7 @@ impl<F: Vfs> Segment<F> {
     pub fn read(&self, off: usize, len: usize) -> &[u8] {
         assert!(
             off.checked_add(len)
-                .is_some_and(|end| end <= self.map.len()),
+                .is_some_and(|end| end <= self.map.map_len()),
             "read out of segment bounds"
         );
         // SAFETY: in bounds (checked above) of a mapping that lives as long as
@@ -211,7 +211,7 @@ impl<F: Vfs> Segment<F> {
     pub fn write(&self, off: usize, bytes: &[u8]) {
         assert!(
             off.checked_add(bytes.len())
-                .is_some_and(|end| end <= self.map.len()),
+                .is_some_and(|end| end <= self.map.map_len()),
             "write out of segment bounds"
         );
         // SAFETY: in bounds (checked above); the file was preallocated to the

@@ -25,6 +25,9 @@ const SECTOR: usize = 512;
 /// How a simulated power loss treats writes that were not synced.
 #[derive(Debug, Clone, Copy)]
 pub enum CrashMode {
+    /// The process was killed: the page cache survives, so live images and
+    /// names carry over as they are.
+    Kill,
     /// Every unsynced write and name change is lost.
     DropUnsynced,
     /// Each unsynced sector and name change independently survives or not,
@@ -41,6 +44,9 @@ pub struct Fault {
     pub sticky: bool,
     /// The errno returned, e.g. `libc::EIO` or `libc::ENOSPC`.
     pub errno: i32,
+    /// Count and fail only calls of this kind ("allocate", "msync", "fsync",
+    /// "fsync dir", "rename", "open", ...); `None` for every call.
+    pub only: Option<&'static str>,
 }
 
 struct FileData {
@@ -119,9 +125,13 @@ impl SimFs {
         *f = fault;
     }
 
-    fn io(&self) -> io::Result<()> {
+    fn io(&self, kind: &'static str) -> io::Result<()> {
+        let fault = *lock(&self.0.fault);
+        if fault.is_some_and(|f| f.only.is_some_and(|o| o != kind)) {
+            return Ok(());
+        }
         let n = self.0.ops.fetch_add(1, Ordering::SeqCst);
-        if let Some(f) = *lock(&self.0.fault) {
+        if let Some(f) = fault {
             if n == f.at || (f.sticky && n > f.at) {
                 self.0.failures.fetch_add(1, Ordering::SeqCst);
                 return Err(io::Error::from_raw_os_error(f.errno));
@@ -135,11 +145,16 @@ impl SimFs {
     pub fn crash(&self, mode: CrashMode) -> SimFs {
         let dirs = lock(&self.0.dirs);
         let mut rng = Rng(match mode {
-            CrashMode::DropUnsynced => 0,
             CrashMode::Torn(seed) => seed,
+            _ => 0,
         });
         let torn = matches!(mode, CrashMode::Torn(_));
-        let mut names: BTreeMap<PathBuf, Arc<SimFileInner>> = dirs.durable.clone();
+        let kill = matches!(mode, CrashMode::Kill);
+        let mut names = if kill {
+            dirs.live.clone()
+        } else {
+            dirs.durable.clone()
+        };
         if torn {
             // Unsynced name changes each may or may not have reached the disk.
             let all: BTreeSet<&PathBuf> = dirs.live.keys().chain(dirs.durable.keys()).collect();
@@ -164,7 +179,11 @@ impl SimFs {
                 continue;
             }
             let d = lock(&f.data);
-            let mut img = d.durable.clone();
+            let mut img = if kill {
+                d.live.to_vec()
+            } else {
+                d.durable.clone()
+            };
             if torn {
                 if d.live.len() != img.len() && rng.coin() {
                     img.resize(d.live.len(), 0);
@@ -248,14 +267,14 @@ impl Vfs for SimFs {
     type Lock = SimLock;
 
     fn create_dir_all(&self, _dir: &Path) -> io::Result<()> {
-        self.io()
+        self.io("create dir")
     }
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
-        self.io()?;
+        self.io("list")?;
         Ok(self.file_names(dir))
     }
     fn open(&self, path: &Path, create: bool) -> io::Result<SimFile> {
-        self.io()?;
+        self.io("open")?;
         let mut dirs = lock(&self.0.dirs);
         let inner = match dirs.live.get(path) {
             Some(f) => f.clone(),
@@ -278,7 +297,7 @@ impl Vfs for SimFs {
         })
     }
     fn remove(&self, path: &Path) -> io::Result<()> {
-        self.io()?;
+        self.io("remove")?;
         lock(&self.0.dirs)
             .live
             .remove(path)
@@ -286,14 +305,14 @@ impl Vfs for SimFs {
             .ok_or_else(not_found)
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.io()?;
+        self.io("rename")?;
         let mut dirs = lock(&self.0.dirs);
         let f = dirs.live.remove(from).ok_or_else(not_found)?;
         dirs.live.insert(to.to_path_buf(), f);
         Ok(())
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        self.io()?;
+        self.io("fsync dir")?;
         let mut dirs = lock(&self.0.dirs);
         dirs.durable.retain(|p, _| p.parent() != Some(dir));
         let live: Vec<_> = dirs
@@ -306,7 +325,7 @@ impl Vfs for SimFs {
         Ok(())
     }
     fn try_lock(&self, path: &Path) -> io::Result<Option<SimLock>> {
-        self.io()?;
+        self.io("lock")?;
         let mut dirs = lock(&self.0.dirs);
         if !dirs.locks.insert(path.to_path_buf()) {
             return Ok(None);
@@ -323,12 +342,12 @@ pub struct SimFile {
 impl VfsFile for SimFile {
     type Map = SimMap;
 
-    fn len(&self) -> io::Result<u64> {
-        self.fs.io()?;
+    fn file_len(&self) -> io::Result<u64> {
+        self.fs.io("stat")?;
         Ok(lock(&self.inner.data).live.len() as u64)
     }
     fn allocate(&self, len: u64) -> io::Result<()> {
-        self.fs.io()?;
+        self.fs.io("allocate")?;
         if self.inner.mapped.load(Ordering::SeqCst) > 0 {
             return Err(io::Error::other("sim: allocate while mapped"));
         }
@@ -342,11 +361,11 @@ impl VfsFile for SimFile {
         Ok(())
     }
     fn read_all(&self) -> io::Result<Vec<u8>> {
-        self.fs.io()?;
+        self.fs.io("read")?;
         Ok(lock(&self.inner.data).live.to_vec())
     }
     fn write_all(&self, buf: &[u8]) -> io::Result<()> {
-        self.fs.io()?;
+        self.fs.io("write")?;
         if self.inner.mapped.load(Ordering::SeqCst) > 0 {
             return Err(io::Error::other("sim: write_all while mapped"));
         }
@@ -354,7 +373,7 @@ impl VfsFile for SimFile {
         Ok(())
     }
     fn sync_all(&self) -> io::Result<()> {
-        self.fs.io()?;
+        self.fs.io("fsync")?;
         let mut d = lock(&self.inner.data);
         let n = d.live.len();
         d.durable.resize(n, 0);
@@ -364,7 +383,7 @@ impl VfsFile for SimFile {
         Ok(())
     }
     fn map(&self) -> io::Result<SimMap> {
-        self.fs.io()?;
+        self.fs.io("mmap")?;
         let mut d = lock(&self.inner.data);
         if d.live.is_empty() {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
@@ -402,11 +421,11 @@ impl Mapping for SimMap {
     fn as_ptr(&self) -> *mut u8 {
         self.ptr
     }
-    fn len(&self) -> usize {
+    fn map_len(&self) -> usize {
         self.len
     }
     fn sync_range(&self, off: usize, len: usize) -> io::Result<()> {
-        self.fs.io()?;
+        self.fs.io("msync")?;
         let mut d = lock(&self.inner.data);
         // msync is page-granular: whole 4 KiB pages around the range persist.
         let start = off - off % 4096;

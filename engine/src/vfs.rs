@@ -33,7 +33,7 @@ pub trait Vfs: Send + Sync + 'static {
 pub trait VfsFile: Send + Sync + Sized + 'static {
     type Map: Mapping;
 
-    fn len(&self) -> io::Result<u64>;
+    fn file_len(&self) -> io::Result<u64>;
     /// Reserves real disk blocks up to `len` (never sparse), so later writes
     /// through a mapping cannot hit a full disk.
     fn allocate(&self, len: u64) -> io::Result<()>;
@@ -49,7 +49,7 @@ pub trait VfsFile: Send + Sync + Sized + 'static {
 /// A shared writable mapping of a whole file.
 pub trait Mapping: Send + Sync + 'static {
     fn as_ptr(&self) -> *mut u8;
-    fn len(&self) -> usize;
+    fn map_len(&self) -> usize;
     /// msync(MS_SYNC) of `[off, off + len)`: those bytes are durable on return.
     fn sync_range(&self, off: usize, len: usize) -> io::Result<()>;
 }
@@ -114,7 +114,7 @@ impl Vfs for OsFs {
 impl VfsFile for OsFile {
     type Map = OsMap;
 
-    fn len(&self) -> io::Result<u64> {
+    fn file_len(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
     }
     fn allocate(&self, len: u64) -> io::Result<()> {
@@ -171,7 +171,7 @@ impl Mapping for OsMap {
     fn as_ptr(&self) -> *mut u8 {
         self.ptr
     }
-    fn len(&self) -> usize {
+    fn map_len(&self) -> usize {
         self.map.len()
     }
     fn sync_range(&self, off: usize, len: usize) -> io::Result<()> {

@@ -1,0 +1,189 @@
+//! Failing I/O calls: a failed sync, a full disk, and every single I/O call
+//! of a workload failing in turn (SQLite-style).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use dedupstore::sim::{CrashMode, Fault, SimFs};
+use dedupstore::{Config, Durability, Error, Store};
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+fn cfg() -> Config {
+    Config::default().segment_size(64 << 10)
+}
+
+#[test]
+fn a_failed_sync_stops_writes_until_reopen() {
+    let fs = SimFs::new();
+    let s = Store::open_with(fs.clone(), "/db", cfg()).unwrap();
+    s.check_and_insert(b"durable", DAY).unwrap();
+    fs.fail_at(Some(Fault {
+        at: 0,
+        sticky: false,
+        errno: libc::EIO,
+        only: None,
+    }));
+    let err = s.check_and_insert(b"unsynced", DAY).unwrap_err();
+    assert!(matches!(err, Error::Io { op: "msync", .. }), "{err}");
+    fs.fail_at(None);
+    // Even though the disk works again, nothing is acknowledged any more.
+    assert!(matches!(
+        s.check_and_insert(b"later", DAY),
+        Err(Error::SyncFailed)
+    ));
+    assert!(matches!(s.remove(b"durable"), Err(Error::SyncFailed)));
+    assert!(
+        matches!(s.contains(b"unsynced"), Err(Error::SyncFailed)),
+        "never reported as durable"
+    );
+    assert!(
+        s.contains(b"durable").unwrap(),
+        "durable data is still answered"
+    );
+    assert!(matches!(s.sync(), Err(Error::SyncFailed)));
+    drop(s);
+    let s = Store::open_with(fs.crash(CrashMode::DropUnsynced), "/db", cfg()).unwrap();
+    assert!(s.contains(b"durable").unwrap());
+    assert!(!s.contains(b"later").unwrap());
+    s.check_and_insert(b"after reopen", DAY).unwrap();
+}
+
+#[test]
+fn disk_full_fails_cleanly_and_recovers_when_space_returns() {
+    let fs = SimFs::new();
+    let s = Store::open_with(fs.clone(), "/db", cfg().durability(Durability::None)).unwrap();
+    // No more blocks can be reserved: the next segment cannot be
+    // preallocated, so inserts fail once the current one is full. (Writes
+    // into the current, preallocated segment need no new blocks.)
+    fs.fail_at(Some(Fault {
+        at: 0,
+        sticky: true,
+        errno: libc::ENOSPC,
+        only: Some("allocate"),
+    }));
+    let mut acked = Vec::new();
+    let mut failure = None;
+    for i in 0..10_000u32 {
+        match s.check_and_insert(&i.to_le_bytes(), DAY) {
+            Ok(o) => {
+                assert!(o.is_inserted());
+                acked.push(i);
+            }
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    let err = failure.expect("disk fills up");
+    assert!(err.is_disk_full(), "{err}");
+    assert!(!acked.is_empty());
+    // Still full: still a clean error, and reads still work.
+    assert!(s
+        .check_and_insert(b"x-while-full", DAY)
+        .unwrap_err()
+        .is_disk_full());
+    assert!(s.contains(&acked[0].to_le_bytes()).unwrap());
+    // Space freed: the same store goes on.
+    fs.fail_at(None);
+    assert!(s.check_and_insert(b"x-after", DAY).unwrap().is_inserted());
+    s.sync().unwrap();
+    drop(s);
+    let s = Store::open_with(fs.crash(CrashMode::DropUnsynced), "/db", cfg()).unwrap();
+    for i in &acked {
+        assert!(s.contains(&i.to_le_bytes()).unwrap(), "acked {i} lost");
+    }
+    assert!(s.contains(b"x-after").unwrap());
+    assert!(!s.contains(b"x-while-full").unwrap());
+}
+
+/// A workload that opens, inserts across segment rolls, removes, closes.
+/// Returns the keys acknowledged as durable and removed before a failure.
+fn workload(
+    fs: &SimFs,
+    present: &mut BTreeSet<u32>,
+    removed: &mut BTreeSet<u32>,
+) -> Result<(), Error> {
+    let s = Store::open_with(fs.clone(), "/db", cfg())?;
+    for batch in 0..200u32 {
+        let keys: Vec<[u8; 4]> = (batch * 20..batch * 20 + 20)
+            .map(u32::to_le_bytes)
+            .collect();
+        for (k, o) in keys.iter().zip(s.check_and_insert_batch(&keys, DAY)?) {
+            if o.is_inserted() {
+                present.insert(u32::from_le_bytes(*k));
+            }
+        }
+        if batch % 3 == 0 {
+            let victim = batch * 7;
+            if s.remove(&victim.to_le_bytes())? {
+                present.remove(&victim);
+                removed.insert(victim);
+            }
+        }
+    }
+    s.close()
+}
+
+#[test]
+fn every_io_call_failing_in_turn_loses_nothing_acknowledged() {
+    // Count the I/O calls of a clean run.
+    let fs = SimFs::new();
+    fs.fail_at(None);
+    workload(&fs, &mut BTreeSet::new(), &mut BTreeSet::new()).unwrap();
+    let total = fs.ops();
+    assert!(total > 50, "workload makes {total} I/O calls");
+
+    let mut failed_runs = 0;
+    for at in 0..=total {
+        for sticky in [false, true] {
+            for errno in [libc::EIO, libc::ENOSPC] {
+                let fs = SimFs::new();
+                fs.fail_at(Some(Fault {
+                    at,
+                    sticky,
+                    errno,
+                    only: None,
+                }));
+                let (mut present, mut removed) = (BTreeSet::new(), BTreeSet::new());
+                if workload(&fs, &mut present, &mut removed).is_err() {
+                    failed_runs += 1;
+                }
+                // Power loss, then reopen with a healthy disk; reopening
+                // with the fault still armed must fail cleanly or work.
+                let crashed = fs.crash(CrashMode::DropUnsynced);
+                crashed.fail_at(Some(Fault {
+                    at: at % 7,
+                    sticky,
+                    errno,
+                    only: None,
+                }));
+                let _ = Store::open_with(crashed.clone(), "/db", cfg());
+                crashed.fail_at(None);
+                let s = Store::open_with(crashed, "/db", cfg()).unwrap_or_else(|e| {
+                    panic!("fault at {at} sticky {sticky}: reopen failed: {e}")
+                });
+                for k in &present {
+                    assert!(
+                        s.contains(&k.to_le_bytes()).unwrap(),
+                        "fault at {at}: acked {k} lost"
+                    );
+                }
+                for k in &removed {
+                    if !present.contains(k) {
+                        assert!(
+                            !s.contains(&k.to_le_bytes()).unwrap(),
+                            "fault at {at}: removed {k} is back"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    eprintln!(
+        "{total} I/O calls, {} fault runs, {failed_runs} ended in an error",
+        4 * (total + 1)
+    );
+    assert!(failed_runs > 0);
+}
