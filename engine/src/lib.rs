@@ -1,5 +1,4 @@
-//! dedupstore: an embedded, persistent, exact store of processed message IDs
-//! for idempotent consumers. See the README for guarantees and usage.
+#![doc = include_str!("../../README.md")]
 
 mod clock;
 mod commit;
