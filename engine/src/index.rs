@@ -91,6 +91,14 @@ impl Shard {
         self.table.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    pub fn reserve(&mut self, additional: usize) {
+        self.table.reserve(additional, |e| spread(e.tag));
+    }
+
     /// Bytes of heap this shard's table holds.
     pub fn heap_bytes(&self) -> usize {
         // hashbrown: one entry plus one control byte per bucket.
@@ -117,6 +125,21 @@ impl Index {
         // A panic while holding a shard lock cannot leave a half-made entry
         // (each mutation is one table call), so poisoning is ignored.
         self.shards[shard].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Exclusive access without locking, while the index is not shared yet.
+    pub fn shard_mut(&mut self, shard: usize) -> &mut Shard {
+        self.shards[shard]
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reserves room for about `n` more keys spread over all shards.
+    pub fn reserve_total(&mut self, n: usize) {
+        let per = n / SHARDS + n / SHARDS / 16;
+        for s in 0..SHARDS {
+            self.shard_mut(s).reserve(per);
+        }
     }
 
     pub fn len(&self) -> usize {

@@ -16,6 +16,14 @@ pub mod vfs;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 
+/// Hot-path internals, for micro-benchmarks only. Not a stable API.
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::index::{hash_key, shard_of, tag_of, Entry, Shard};
+    pub use crate::record::{decode, encode, encoded_len, Decoded, Kind};
+}
+
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Config, Durability, RecoveryMode};
 pub use error::{Error, Result};

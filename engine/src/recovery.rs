@@ -71,7 +71,7 @@ pub fn recover<F: Vfs>(
     dir: &Path,
     cfg: &Config,
     table: &SegmentTable<F>,
-    index: &Index,
+    index: &mut Index,
 ) -> Result<Recovered<F>> {
     let now = cfg.clock.now_ms();
     let mut ids = Vec::new();
@@ -100,18 +100,36 @@ pub fn recover<F: Vfs>(
             stats,
         });
     };
-    let mut active = None;
+    let mut opened = Vec::with_capacity(ids.len());
     for &id in &ids {
         let is_newest = id == newest;
         let path = dir.join(segment::file_name(id));
         let (seg, wm) = Segment::open(fs, &path, id, is_newest.then_some(cfg.segment_size))?;
         let seg = Arc::new(seg);
         table.insert(seg.clone());
-        let end = scan(&seg, wm, is_newest, cfg.recovery, &mut stats, |rec, off| {
-            apply(index, table, rec, id, off, now)
+        opened.push((seg, wm));
+    }
+    // Bytes of records to replay, as far as the watermarks tell.
+    let logged: u64 = opened
+        .iter()
+        .map(|(_, wm)| wm.unwrap_or(0).saturating_sub(HEADER_LEN as u64))
+        .sum();
+    let mut active = None;
+    for (i, (seg, wm)) in opened.iter().enumerate() {
+        let is_newest = seg.id == newest;
+        let mut records = 0u64;
+        let end = scan(seg, *wm, is_newest, cfg.recovery, &mut stats, |rec, off| {
+            records += 1;
+            apply(index, table, rec, seg.id, off, now)
         })?;
+        if i == 0 && records > 0 {
+            // Size the tables once, from the first segment's bytes per
+            // record, instead of growing them step by step.
+            let per_record = ((end - HEADER_LEN) as u64 / records).max(1);
+            index.reserve_total((logged / per_record).saturating_sub(records) as usize);
+        }
         if is_newest {
-            active = Some((seg, end));
+            active = Some((seg.clone(), end));
         }
     }
     let (active, end) = active.ok_or_else(|| Error::InvalidConfig("no newest segment".into()))?;

@@ -126,7 +126,7 @@ impl<F: Vfs> Segment<F> {
             .open(&tmp, true)
             .map_err(io_err("create segment", &tmp))?;
         file.allocate(size).map_err(io_err("fallocate", &tmp))?;
-        let map = file.map().map_err(io_err("mmap", &tmp))?;
+        let map = file.map(false).map_err(io_err("mmap", &tmp))?;
         let seg: Segment<F> = Segment {
             id,
             path: path.clone(),
@@ -173,7 +173,7 @@ impl<F: Vfs> Segment<F> {
                 file.allocate(min).map_err(io_err("fallocate", path))?;
             }
         }
-        let map = file.map().map_err(io_err("mmap", path))?;
+        let map = file.map(true).map_err(io_err("mmap", path))?;
         let seg: Segment<F> = Segment {
             id,
             path: path.to_path_buf(),

@@ -382,7 +382,7 @@ impl VfsFile for SimFile {
         unsafe { std::ptr::copy(d.live.as_ptr(), d.durable.as_mut_ptr(), n) };
         Ok(())
     }
-    fn map(&self) -> io::Result<SimMap> {
+    fn map(&self, _populate: bool) -> io::Result<SimMap> {
         self.fs.io("mmap")?;
         let mut d = lock(&self.inner.data);
         if d.live.is_empty() {

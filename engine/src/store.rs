@@ -117,9 +117,9 @@ impl<F: Vfs> Store<F> {
         let names = fs.list(&dir).map_err(io_err("list", &dir))?;
         crate::meta::open_or_create(&*fs, &dir, &names)?;
 
-        let index = Index::default();
+        let mut index = Index::default();
         let table = SegmentTable::default();
-        let rec = recovery::recover(&*fs, &dir, &config, &table, &index)?;
+        let rec = recovery::recover(&*fs, &dir, &config, &table, &mut index)?;
         // Whatever recovery found may sit only in the page cache (a process
         // crash before its sync). Sync it now, so that no answer given from
         // here on relies on data that a power loss could still take away.

@@ -43,7 +43,9 @@ pub trait VfsFile: Send + Sync + Sized + 'static {
     /// fsync: data and metadata (length) durable.
     fn sync_all(&self) -> io::Result<()>;
     /// Maps the whole file shared and writable. The file must not shrink while mapped.
-    fn map(&self) -> io::Result<Self::Map>;
+    /// `populate`: prefault every page now (cheaper than a fault per page
+    /// when the whole file is about to be read, as in recovery).
+    fn map(&self, populate: bool) -> io::Result<Self::Map>;
 }
 
 /// A shared writable mapping of a whole file.
@@ -143,11 +145,15 @@ impl VfsFile for OsFile {
     fn sync_all(&self) -> io::Result<()> {
         self.0.sync_all()
     }
-    fn map(&self) -> io::Result<OsMap> {
+    fn map(&self, populate: bool) -> io::Result<OsMap> {
         // SAFETY: the store holds the directory lock, so no other dedupstore
         // changes the file; the file was preallocated to its full length
         // before mapping and is never shrunk while mapped.
-        let mut map = unsafe { memmap2::MmapOptions::new().map_mut(&self.0)? };
+        let mut opts = memmap2::MmapOptions::new();
+        if populate {
+            opts.populate();
+        }
+        let mut map = unsafe { opts.map_mut(&self.0)? };
         Ok(OsMap {
             ptr: map.as_mut_ptr(),
             map,
