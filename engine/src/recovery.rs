@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::config::{Config, RecoveryMode};
 use crate::error::{io_err, Error, Result};
-use crate::index::{exp_secs, hash_key, shard_of, tag_of, Entry, Index};
+use crate::index::{exp_secs, hash_key, shard_of, tag_of, Entry, Index, SHARDS};
 use crate::log::{record_at, SegmentTable};
 use crate::record::{self, Decoded, Kind, Record};
 use crate::segment::{self, Segment, HEADER_LEN};
@@ -36,33 +36,84 @@ pub fn entry_is_key<F: Vfs>(table: &SegmentTable<F>, e: &Entry, key: &[u8]) -> b
         .unwrap_or(false)
 }
 
-/// Applies one record, read in log order, to the index. The latest record
-/// for a key decides: an unexpired insert makes it present; an expired
-/// insert or a remove makes it absent.
-pub fn apply<F: Vfs>(
-    index: &Index,
+/// A record read during recovery, waiting to be applied to the index.
+#[derive(Clone, Copy)]
+struct Pending {
+    hash: u64,
+    expires_at: u64,
+    off: u32,
+    kind: Kind,
+}
+
+/// Applies one segment's records, in log order, to the index. The latest
+/// record for a key decides: an unexpired insert makes it present; an
+/// expired insert or a remove makes it absent.
+///
+/// The records are first grouped by shard (a stable counting sort, so each
+/// key's records keep their log order), then applied shard by shard: one
+/// shard's table is small enough to stay in cache, which makes replay
+/// several times faster than inserting in log order across all shards.
+fn apply_segment<F: Vfs>(
+    index: &mut Index,
     table: &SegmentTable<F>,
-    rec: &Record<'_>,
-    seg: u32,
-    off: usize,
+    seg: &Segment<F>,
+    recs: &[Pending],
+    sorted: &mut Vec<Pending>,
     now: u64,
 ) {
-    let h = hash_key(rec.key);
-    let tag = tag_of(h);
-    let mut shard = index.lock(shard_of(h));
-    let is_key = |e: &Entry| entry_is_key(table, e, rec.key);
-    if rec.kind == Kind::Insert && rec.expires_at > now {
-        shard.upsert(
-            Entry {
-                tag,
-                seg,
-                off: off as u32,
-                exp_s: exp_secs(rec.expires_at),
-            },
-            is_key,
-        );
-    } else {
-        shard.remove(tag, is_key);
+    let mut starts = vec![0usize; SHARDS + 1];
+    for r in recs {
+        starts[shard_of(r.hash) + 1] += 1;
+    }
+    for s in 0..SHARDS {
+        starts[s + 1] += starts[s];
+    }
+    // Scatter the records themselves (not indexes into them), so that the
+    // apply loop below reads them sequentially.
+    let mut fill = starts.clone();
+    sorted.clear();
+    sorted.resize(
+        recs.len(),
+        Pending {
+            hash: 0,
+            expires_at: 0,
+            off: 0,
+            kind: Kind::Insert,
+        },
+    );
+    for r in recs {
+        let s = shard_of(r.hash);
+        sorted[fill[s]] = *r;
+        fill[s] += 1;
+    }
+    for s in 0..SHARDS {
+        let shard = index.shard_mut(s);
+        for r in &sorted[starts[s]..starts[s + 1]] {
+            // The key is read from the log only on a tag match (rare): the
+            // records are visited in shard order, so reading it for every
+            // record would be a cache miss each.
+            let is_key = |e: &Entry| {
+                entry_is_key(
+                    table,
+                    e,
+                    &record_at(seg, r.off)[record::RECORD_HEADER_LEN..],
+                )
+            };
+            let tag = tag_of(r.hash);
+            if r.kind == Kind::Insert && r.expires_at > now {
+                shard.upsert(
+                    Entry {
+                        tag,
+                        seg: seg.id,
+                        off: r.off,
+                        exp_s: exp_secs(r.expires_at),
+                    },
+                    is_key,
+                );
+            } else {
+                shard.remove(tag, is_key);
+            }
+        }
     }
 }
 
@@ -114,24 +165,55 @@ pub fn recover<F: Vfs>(
         .iter()
         .map(|(_, wm)| wm.unwrap_or(0).saturating_sub(HEADER_LEN as u64))
         .sum();
+    // Two stages on two threads: one reads and checks segment i+1 while the
+    // other applies segment i to the index. Segments reach the index in id
+    // order, so each key's records are applied in log order.
+    let mode = cfg.recovery;
+    let (tx, rx) = crossbeam::channel::bounded::<Result<(usize, Vec<Pending>, usize)>>(1);
     let mut active = None;
-    for (i, (seg, wm)) in opened.iter().enumerate() {
-        let is_newest = seg.id == newest;
-        let mut records = 0u64;
-        let end = scan(seg, *wm, is_newest, cfg.recovery, &mut stats, |rec, off| {
-            records += 1;
-            apply(index, table, rec, seg.id, off, now)
-        })?;
-        if i == 0 && records > 0 {
-            // Size the tables once, from the first segment's bytes per
-            // record, instead of growing them step by step.
-            let per_record = ((end - HEADER_LEN) as u64 / records).max(1);
-            index.reserve_total((logged / per_record).saturating_sub(records) as usize);
+    let scanned = std::thread::scope(|s| -> Result<RecoveryStats> {
+        let opened = &opened;
+        let scanner = s.spawn(move || {
+            let mut stats = RecoveryStats::default();
+            for (i, (seg, wm)) in opened.iter().enumerate() {
+                let mut recs = Vec::with_capacity((wm.unwrap_or(0) / 24) as usize);
+                let scanned = scan(seg, *wm, seg.id == newest, mode, &mut stats, |rec, off| {
+                    recs.push(Pending {
+                        hash: hash_key(rec.key),
+                        expires_at: rec.expires_at,
+                        off: off as u32,
+                        kind: rec.kind,
+                    });
+                });
+                let failed = scanned.is_err();
+                if tx.send(scanned.map(|end| (i, recs, end))).is_err() || failed {
+                    break;
+                }
+            }
+            stats
+        });
+        let mut sorted = Vec::new();
+        for msg in rx {
+            let (i, recs, end) = msg?;
+            let seg = &opened[i].0;
+            if i == 0 && !recs.is_empty() {
+                // Size the tables once, from the first segment's bytes per
+                // record, instead of growing them step by step.
+                let per_record = ((end - HEADER_LEN) / recs.len()).max(1) as u64;
+                index.reserve_total((logged / per_record) as usize);
+            }
+            apply_segment(index, table, seg, &recs, &mut sorted, now);
+            if seg.id == newest {
+                active = Some((seg.clone(), end));
+            }
         }
-        if is_newest {
-            active = Some((seg.clone(), end));
-        }
-    }
+        scanner
+            .join()
+            .map_err(|_| Error::InvalidConfig("recovery scanner panicked".into()))
+    })?;
+    stats.truncated_records += scanned.truncated_records;
+    stats.truncated_bytes += scanned.truncated_bytes;
+    stats.salvaged_bytes += scanned.salvaged_bytes;
     let (active, end) = active.ok_or_else(|| Error::InvalidConfig("no newest segment".into()))?;
     Ok(Recovered { active, end, stats })
 }
