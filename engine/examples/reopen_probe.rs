@@ -12,7 +12,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::args()
         .nth(2)
         .unwrap_or_else(|| format!("target/reopen-probe-{n}"));
-    let cfg = || Config::default().durability(Durability::None);
+    let seg_mb: u64 = std::env::var("SEGMENT_MB")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(16);
+    let cfg = || {
+        Config::default()
+            .durability(Durability::None)
+            .segment_size(seg_mb << 20)
+    };
     if !std::path::Path::new(&dir).join("dedupstore.meta").exists() {
         let t = Instant::now();
         let s = Store::open(&dir, cfg())?;

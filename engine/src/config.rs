@@ -41,7 +41,7 @@ pub struct Config {
     pub durability: Durability,
     /// TTL used by the `*_default_ttl` helpers. Default: 24 hours.
     pub default_ttl: Duration,
-    /// Size of each preallocated log segment in bytes. Default 64 MiB;
+    /// Size of each preallocated log segment in bytes. Default 16 MiB (the most disk that preallocation holds ahead of use);
     /// 64 KiB to 1 GiB.
     pub segment_size: u64,
     pub recovery: RecoveryMode,
@@ -54,7 +54,7 @@ impl Default for Config {
         Config {
             durability: Durability::Immediate,
             default_ttl: Duration::from_secs(24 * 3600),
-            segment_size: 64 << 20,
+            segment_size: 16 << 20,
             recovery: RecoveryMode::Strict,
             clock: Arc::new(SystemClock),
         }

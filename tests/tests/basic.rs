@@ -176,5 +176,5 @@ fn sync_failure_mode_and_stats_are_sane() {
         64 + 10 * (16 + 4),
         "64-byte header, 16-byte record header + key"
     );
-    assert_eq!(st.disk_bytes, 64 << 20);
+    assert_eq!(st.disk_bytes, 16 << 20);
 }
