@@ -47,6 +47,13 @@ pub struct Config {
     pub recovery: RecoveryMode,
     /// Source of wall-clock time for TTLs.
     pub clock: Arc<dyn Clock>,
+    /// How often the background GC runs; `None` turns it off (then call
+    /// `Store::gc_now`). Default: every 30 s.
+    pub gc_interval: Option<Duration>,
+    /// GC compacts a sealed segment when less than this fraction of its
+    /// records is live. Default 0.5; 0 never compacts (expired segments are
+    /// still deleted whole).
+    pub compact_below: f64,
 }
 
 impl Default for Config {
@@ -57,6 +64,8 @@ impl Default for Config {
             segment_size: 16 << 20,
             recovery: RecoveryMode::Strict,
             clock: Arc::new(SystemClock),
+            gc_interval: Some(Duration::from_secs(30)),
+            compact_below: 0.5,
         }
     }
 }
@@ -68,6 +77,8 @@ impl std::fmt::Debug for Config {
             .field("default_ttl", &self.default_ttl)
             .field("segment_size", &self.segment_size)
             .field("recovery", &self.recovery)
+            .field("gc_interval", &self.gc_interval)
+            .field("compact_below", &self.compact_below)
             .finish_non_exhaustive()
     }
 }
@@ -92,6 +103,14 @@ impl Config {
         self.recovery = mode;
         self
     }
+    pub fn gc_interval(mut self, every: Option<Duration>) -> Self {
+        self.gc_interval = every;
+        self
+    }
+    pub fn compact_below(mut self, fraction: f64) -> Self {
+        self.compact_below = fraction;
+        self
+    }
     pub fn default_ttl(mut self, ttl: Duration) -> Self {
         self.default_ttl = ttl;
         self
@@ -111,6 +130,17 @@ impl Config {
                     "Durability::Interval needs a non-zero interval".into(),
                 ));
             }
+        }
+        if !(0.0..=1.0).contains(&self.compact_below) {
+            return Err(Error::InvalidConfig(format!(
+                "compact_below {} is outside 0..=1",
+                self.compact_below
+            )));
+        }
+        if self.gc_interval.is_some_and(|d| d.is_zero()) {
+            return Err(Error::InvalidConfig(
+                "gc_interval must be non-zero (or None)".into(),
+            ));
         }
         crate::store::check_ttl(self.default_ttl)
     }

@@ -95,6 +95,15 @@ impl Shard {
         self.table.is_empty()
     }
 
+    pub fn for_each(&self, f: impl FnMut(&Entry)) {
+        self.table.iter().for_each(f);
+    }
+
+    /// Keeps only the entries `keep` accepts.
+    pub fn retain(&mut self, keep: impl FnMut(&mut Entry) -> bool) {
+        self.table.retain(keep);
+    }
+
     pub fn reserve(&mut self, additional: usize) {
         self.table.reserve(additional, |e| spread(e.tag));
     }

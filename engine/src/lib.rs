@@ -4,6 +4,7 @@ mod clock;
 mod commit;
 mod config;
 mod error;
+mod gc;
 mod index;
 mod log;
 mod meta;
@@ -27,5 +28,6 @@ pub mod internals {
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Config, Durability, RecoveryMode};
 pub use error::{Error, Result};
+pub use gc::GcReport;
 pub use record::MAX_KEY_LEN;
 pub use store::{Outcome, Stats, Store, MAX_TTL};

@@ -40,6 +40,13 @@ impl<F: Vfs> SegmentTable<F> {
             .insert(seg.id, seg);
     }
 
+    pub fn remove(&self, id: u32) -> Option<Arc<Segment<F>>> {
+        self.map
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id)
+    }
+
     /// Runs `f` on segment `id`, if open.
     pub fn with<R>(&self, id: u32, f: impl FnOnce(&Segment<F>) -> R) -> Option<R> {
         let map = self.map.read().unwrap_or_else(|p| p.into_inner());
@@ -148,6 +155,7 @@ impl<F: Vfs> Appender<'_, F> {
         let mut buf = [0u8; record::MAX_RECORD_LEN];
         record::encode(&mut buf[..len], kind, expires_at, key);
         st.active.write(off, &buf[..len]);
+        st.active.note_record(expires_at);
         st.off = off + len;
         Ok((st.active.id, off as u32, lsn(st.active.id, off + len)))
     }

@@ -178,6 +178,7 @@ pub fn recover<F: Vfs>(
             for (i, (seg, wm)) in opened.iter().enumerate() {
                 let mut recs = Vec::with_capacity((wm.unwrap_or(0) / 24) as usize);
                 let scanned = scan(seg, *wm, seg.id == newest, mode, &mut stats, |rec, off| {
+                    seg.note_record(rec.expires_at);
                     recs.push(Pending {
                         hash: hash_key(rec.key),
                         expires_at: rec.expires_at,

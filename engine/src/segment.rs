@@ -13,6 +13,7 @@
 //! ```
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::error::{io_err, Error, Result};
@@ -48,6 +49,12 @@ pub struct Segment<F: Vfs> {
     /// hold this lock so the slot is never torn by two writers and never
     /// moves backwards.
     watermark: Mutex<u64>,
+    /// Latest expiry of any record in the segment (for a remove: of the insert
+    /// it removed). Once it has passed, nothing in the segment matters and
+    /// GC deletes it whole, without looking at its records.
+    max_expiry: AtomicU64,
+    /// Records in the segment, live or not.
+    records: AtomicU64,
     _file: F::File,
 }
 
@@ -132,6 +139,8 @@ impl<F: Vfs> Segment<F> {
             path: path.clone(),
             map,
             watermark: Mutex::new(HEADER_LEN as u64),
+            max_expiry: AtomicU64::new(0),
+            records: AtomicU64::new(0),
             _file: file,
         };
         let header = encode_header(id);
@@ -179,6 +188,8 @@ impl<F: Vfs> Segment<F> {
             path: path.to_path_buf(),
             map,
             watermark: Mutex::new(0),
+            max_expiry: AtomicU64::new(0),
+            records: AtomicU64::new(0),
             _file: file,
         };
         let wm = check_header(seg.read(0, HEADER_LEN), id, path)?;
@@ -278,5 +289,19 @@ impl<F: Vfs> Segment<F> {
     /// The highest watermark written (for a sealed segment: its record end).
     pub fn watermark(&self) -> u64 {
         *self.lock_watermark()
+    }
+
+    /// Accounts for a record appended or recovered.
+    pub fn note_record(&self, expires_at: u64) {
+        self.max_expiry.fetch_max(expires_at, Ordering::Relaxed);
+        self.records.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn max_expiry(&self) -> u64 {
+        self.max_expiry.load(Ordering::Relaxed)
+    }
+
+    pub fn records(&self) -> u64 {
+        self.records.load(Ordering::Relaxed)
     }
 }

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
@@ -12,10 +12,12 @@ use crate::clock::to_system_time;
 use crate::commit::Commit;
 use crate::config::{Config, Durability};
 use crate::error::{io_err, Error, Result};
+use crate::gc::{live_per_segment, GcCounters, GcReport};
 use crate::index::{exp_secs, hash_key, shard_of, tag_of, Entry, Index, Shard};
 use crate::log::{lsn, record_at, Appender, Log, Lsn, SegmentTable};
 use crate::record::{self, Kind, MAX_KEY_LEN};
 use crate::recovery::{self, entry_is_key, RecoveryStats};
+use crate::segment::HEADER_LEN;
 use crate::vfs::{OsFs, Vfs};
 
 /// The longest TTL accepted: 10 years.
@@ -42,13 +44,21 @@ impl Outcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Keys in the index. Includes keys that expired but were not yet
-    /// dropped (they answer as absent).
+    /// Keys present and unexpired (to the second: a key that expired within
+    /// the current second may still count).
+    pub live_keys: u64,
+    /// Keys expired but not yet dropped from the index by GC (they already
+    /// answer as absent).
+    pub expired_keys: u64,
+    /// Entries in the index: live + expired.
     pub indexed_keys: u64,
     /// Bytes of all segment files (preallocated size).
     pub disk_bytes: u64,
-    /// Bytes of records appended (used part of the segments).
+    /// Bytes of records in the segments.
     pub log_bytes: u64,
+    /// Estimated bytes of records no longer needed (expired, superseded,
+    /// removed), which GC can reclaim.
+    pub dead_bytes: u64,
     pub segments: u64,
     /// Heap bytes held by the index tables.
     pub index_bytes: u64,
@@ -59,17 +69,34 @@ pub struct Stats {
     pub salvaged_bytes: u64,
     /// Syncs (msync) run by group commit since open.
     pub syncs: u64,
+    /// GC runs since open (background and `gc_now`/`compact`).
+    pub gc_runs: u64,
+    /// Segment bytes deleted by GC since open.
+    pub gc_bytes_reclaimed: u64,
+    pub gc_segments_deleted: u64,
+    pub gc_segments_compacted: u64,
+    pub gc_records_copied: u64,
+    pub gc_last_duration: Duration,
 }
 
-struct Inner<F: Vfs> {
-    dir: PathBuf,
-    config: Config,
-    index: Index,
-    table: SegmentTable<F>,
-    log: Log<F>,
-    commit: Commit,
+pub(crate) struct Inner<F: Vfs> {
+    pub(crate) dir: PathBuf,
+    pub(crate) config: Config,
+    pub(crate) index: Index,
+    pub(crate) table: SegmentTable<F>,
+    pub(crate) log: Log<F>,
+    pub(crate) commit: Commit,
     recovered: RecoveryStats,
+    pub(crate) gc_lock: Mutex<()>,
+    pub(crate) gc_counters: GcCounters,
     _lock: F::Lock,
+}
+
+/// Messages to the background GC thread. Dropping the sender stops it.
+enum GcMsg {
+    Wake,
+    Pause,
+    Resume,
 }
 
 /// An open dedup store. `Send + Sync`: share it across threads by reference
@@ -78,6 +105,7 @@ struct Inner<F: Vfs> {
 pub struct Store<F: Vfs = OsFs> {
     inner: Arc<Inner<F>>,
     flusher: Option<(Sender<()>, JoinHandle<()>)>,
+    gc: Option<(Sender<GcMsg>, JoinHandle<()>)>,
 }
 
 pub(crate) fn check_ttl(ttl: Duration) -> Result<()> {
@@ -136,13 +164,19 @@ impl<F: Vfs> Store<F> {
             log,
             commit,
             recovered: rec.stats,
+            gc_lock: Mutex::new(()),
+            gc_counters: GcCounters::default(),
             _lock: lock,
         });
         let flusher = match inner.config.durability {
             Durability::Interval(every) => Some(spawn_flusher(inner.clone(), every)?),
             _ => None,
         };
-        Ok(Store { inner, flusher })
+        let gc = match inner.config.gc_interval {
+            Some(every) => Some(spawn_gc(inner.clone(), every)?),
+            None => None,
+        };
+        Ok(Store { inner, flusher, gc })
     }
 
     /// Atomically: if `key` is recorded and unexpired, returns `Duplicate`;
@@ -268,30 +302,94 @@ impl<F: Vfs> Store<F> {
         self.inner.sync()
     }
 
+    /// A snapshot of the counters. Walks the whole index (one shard lock at
+    /// a time) to tell live from expired keys: milliseconds per million keys.
     pub fn stats(&self) -> Stats {
         let inner = &*self.inner;
+        let now = inner.config.clock.now_ms();
         let segs = inner.table.all();
         let (active, end) = inner.log.head();
-        let log_bytes: u64 = segs
-            .iter()
-            .map(|s| {
-                if s.id == active.id {
-                    end as u64
-                } else {
-                    s.watermark()
-                }
-            })
-            .sum();
+        let (live, expired) = live_per_segment(inner, now);
+        let mut log_bytes = 0;
+        let mut dead_bytes = 0.0;
+        for s in &segs {
+            let used = if s.id == active.id {
+                end as u64
+            } else {
+                s.watermark()
+            }
+            .saturating_sub(HEADER_LEN as u64);
+            log_bytes += used;
+            if s.records() > 0 {
+                let live_fraction =
+                    (*live.get(&s.id).unwrap_or(&0) as f64 / s.records() as f64).min(1.0);
+                dead_bytes += used as f64 * (1.0 - live_fraction);
+            }
+        }
+        let gc = &inner.gc_counters;
         Stats {
+            live_keys: live.values().sum(),
+            expired_keys: expired,
             indexed_keys: inner.index.len() as u64,
             disk_bytes: segs.iter().map(|s| s.capacity() as u64).sum(),
             log_bytes,
+            dead_bytes: dead_bytes as u64,
             segments: segs.len() as u64,
             index_bytes: inner.index.heap_bytes() as u64,
             truncated_records: inner.recovered.truncated_records,
             truncated_bytes: inner.recovered.truncated_bytes,
             salvaged_bytes: inner.recovered.salvaged_bytes,
             syncs: inner.commit.syncs.load(Ordering::Relaxed),
+            gc_runs: gc.runs.load(Ordering::Relaxed),
+            gc_bytes_reclaimed: gc.bytes_reclaimed.load(Ordering::Relaxed),
+            gc_segments_deleted: gc.segments_deleted.load(Ordering::Relaxed),
+            gc_segments_compacted: gc.segments_compacted.load(Ordering::Relaxed),
+            gc_records_copied: gc.records_copied.load(Ordering::Relaxed),
+            gc_last_duration: Duration::from_micros(gc.last_duration_us.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// The error of the last background GC run, if it failed.
+    pub fn gc_last_error(&self) -> Option<String> {
+        self.inner
+            .gc_counters
+            .last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Runs garbage collection now, on this thread: drops expired index
+    /// entries, deletes segments whose records all expired, and compacts
+    /// segments below `Config::compact_below`. Waits for a background run in
+    /// progress to finish first.
+    pub fn gc_now(&self) -> Result<GcReport> {
+        self.inner.gc(self.inner.config.compact_below)
+    }
+
+    /// Like `gc_now`, but compacts every sealed segment that has any dead
+    /// record, to reclaim the most space.
+    pub fn compact(&self) -> Result<GcReport> {
+        self.inner.gc(1.0)
+    }
+
+    /// Pauses the background GC (e.g. during a latency-critical burst).
+    pub fn pause_gc(&self) {
+        if let Some((tx, _)) = &self.gc {
+            let _ = tx.send(GcMsg::Pause);
+        }
+    }
+
+    pub fn resume_gc(&self) {
+        if let Some((tx, _)) = &self.gc {
+            let _ = tx.send(GcMsg::Resume);
+        }
+    }
+
+    /// Asks the background GC to run now, without waiting for it.
+    pub fn wake_gc(&self) {
+        if let Some((tx, _)) = &self.gc {
+            let _ = tx.send(GcMsg::Wake);
         }
     }
 
@@ -309,6 +407,10 @@ impl<F: Vfs> Store<F> {
     }
 
     fn shutdown(&mut self) -> Result<()> {
+        if let Some((tx, handle)) = self.gc.take() {
+            drop(tx);
+            let _ = handle.join();
+        }
         if let Some((tx, handle)) = self.flusher.take() {
             drop(tx);
             let _ = handle.join();
@@ -400,6 +502,46 @@ impl<F: Vfs> Inner<F> {
         let (seg, end) = self.log.head();
         self.commit.wait_durable(&self.log, lsn(seg.id, end))
     }
+}
+
+fn spawn_gc<F: Vfs>(
+    inner: Arc<Inner<F>>,
+    every: Duration,
+) -> Result<(Sender<GcMsg>, JoinHandle<()>)> {
+    let (tx, rx) = channel::unbounded::<GcMsg>();
+    let handle = std::thread::Builder::new()
+        .name("dedupstore-gc".into())
+        .spawn(move || {
+            let mut paused = false;
+            loop {
+                let run = match rx.recv_timeout(every) {
+                    Ok(GcMsg::Wake) | Err(RecvTimeoutError::Timeout) => !paused,
+                    Ok(GcMsg::Pause) => {
+                        paused = true;
+                        false
+                    }
+                    Ok(GcMsg::Resume) => {
+                        paused = false;
+                        false
+                    }
+                    Err(RecvTimeoutError::Disconnected) => return,
+                };
+                if run {
+                    // Errors are not lost: a failed sync poisons the store and
+                    // callers see it; other failures leave the files as they
+                    // were and the next run retries.
+                    if let Err(e) = inner.gc(inner.config.compact_below) {
+                        *inner
+                            .gc_counters
+                            .last_error
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                    }
+                }
+            }
+        })
+        .map_err(io_err("spawn gc", PathBuf::new()))?;
+    Ok((tx, handle))
 }
 
 fn spawn_flusher<F: Vfs>(

@@ -1,0 +1,226 @@
+//! TTL garbage collection: drop expired index entries, delete segments whose
+//! records have all expired, and compact segments that are mostly dead.
+//!
+//! Every step holds at most one shard lock (plus the short log-append lock)
+//! at a time, so check-and-insert goes on during GC.
+//!
+//! Crash safety of compaction (a crash between any two steps loses nothing):
+//! 1. live records of segment S are appended again at the log head, and the
+//!    index is pointed at each copy under its shard lock;
+//! 2. the copies are synced;
+//! 3. S is removed from the segment table, unlinked, and the directory synced.
+//!
+//! A crash before 3 leaves S beside its copies: replay applies S first and the
+//! copies later, so every key ends in the same state, and the next GC run
+//! reclaims S again. Nothing is half-written outside the log, so there is no
+//! orphan to clean up beyond the `*.tmp` files recovery already removes.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::error::{io_err, Error, Result};
+use crate::index::{hash_key, shard_of, tag_of, Entry, SHARDS};
+use crate::record::{self, Decoded, Kind};
+use crate::recovery::entry_is_key;
+use crate::segment::{Segment, HEADER_LEN};
+use crate::store::Inner;
+use crate::vfs::Vfs;
+
+#[derive(Debug, Default)]
+pub struct GcCounters {
+    pub runs: AtomicU64,
+    pub bytes_reclaimed: AtomicU64,
+    pub segments_deleted: AtomicU64,
+    pub segments_compacted: AtomicU64,
+    pub records_copied: AtomicU64,
+    pub entries_dropped: AtomicU64,
+    pub last_duration_us: AtomicU64,
+    /// The last background run's error, if it failed.
+    pub last_error: std::sync::Mutex<Option<String>>,
+}
+
+/// What one GC run did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GcReport {
+    /// Expired (or dangling) entries dropped from the index.
+    pub entries_dropped: u64,
+    /// Segments deleted because every record in them had expired.
+    pub segments_deleted: u64,
+    /// Segments rewritten because too little of them was live.
+    pub segments_compacted: u64,
+    /// Live records copied forward by compaction.
+    pub records_copied: u64,
+    /// Segment bytes given back to the file system.
+    pub bytes_reclaimed: u64,
+}
+
+/// An entry certainly expired at `now_ms`: its expiry second is rounded up.
+pub fn certainly_expired(e: &Entry, now_ms: u64) -> bool {
+    (e.exp_s as u64) * 1000 <= now_ms
+}
+
+/// Live index entries per segment id, counted shard by shard.
+pub fn live_per_segment<F: Vfs>(inner: &Inner<F>, now_ms: u64) -> (HashMap<u32, u64>, u64) {
+    let mut live = HashMap::new();
+    let mut expired = 0;
+    for s in 0..SHARDS {
+        let shard = inner.index.lock(s);
+        shard.for_each(|e| {
+            if certainly_expired(e, now_ms) {
+                expired += 1;
+            } else {
+                *live.entry(e.seg).or_insert(0u64) += 1;
+            }
+        });
+    }
+    (live, expired)
+}
+
+impl<F: Vfs> Inner<F> {
+    /// One GC run. `compact_below`: compact sealed segments whose live
+    /// fraction is below this (1.0 compacts any segment with a dead record).
+    pub(crate) fn gc(&self, compact_below: f64) -> Result<GcReport> {
+        let _one_at_a_time = self.gc_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let started = Instant::now();
+        let now = self.config.clock.now_ms();
+        let mut report = GcReport::default();
+
+        // 1. Drop expired and dangling entries, one shard at a time, and count
+        //    what is live in each segment.
+        let segs = self.table.all();
+        let ids: Vec<u32> = segs.iter().map(|s| s.id).collect();
+        let newest_seen = ids.last().copied().unwrap_or(0);
+        let mut live = vec![0u64; ids.len()];
+        for s in 0..SHARDS {
+            let mut shard = self.index.lock(s);
+            shard.retain(|e| {
+                // Segment ids only grow, and only GC (holding `gc_lock`)
+                // deletes segments: an id above the snapshot's newest is a
+                // segment rolled since, not a deleted one.
+                let pos = ids.binary_search(&e.seg);
+                let keep = !certainly_expired(e, now) && (pos.is_ok() || e.seg > newest_seen);
+                match pos {
+                    Ok(p) if keep => live[p] += 1,
+                    _ if keep => {}
+                    _ => report.entries_dropped += 1,
+                }
+                keep
+            });
+        }
+
+        // 2. Whole segments whose every record expired: O(1) each. 3. Mostly
+        //    dead segments: copy the live rest forward.
+        let (active, _) = self.log.head();
+        for (seg, live) in segs.iter().zip(live) {
+            if seg.id >= active.id {
+                continue;
+            }
+            if seg.max_expiry() <= now {
+                report.bytes_reclaimed += seg.capacity() as u64;
+                self.delete_segment(seg)?;
+                report.segments_deleted += 1;
+            } else if seg.records() > 0 && (live as f64) < compact_below * seg.records() as f64 {
+                report.records_copied += self.compact_segment(seg, now)?;
+                report.bytes_reclaimed += seg.capacity() as u64;
+                report.segments_compacted += 1;
+            }
+        }
+
+        let c = &self.gc_counters;
+        c.runs.fetch_add(1, Ordering::Relaxed);
+        c.entries_dropped
+            .fetch_add(report.entries_dropped, Ordering::Relaxed);
+        c.segments_deleted
+            .fetch_add(report.segments_deleted, Ordering::Relaxed);
+        c.segments_compacted
+            .fetch_add(report.segments_compacted, Ordering::Relaxed);
+        c.records_copied
+            .fetch_add(report.records_copied, Ordering::Relaxed);
+        c.bytes_reclaimed
+            .fetch_add(report.bytes_reclaimed, Ordering::Relaxed);
+        c.last_duration_us
+            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        Ok(report)
+    }
+
+    /// Copies the live records of sealed segment `seg` to the log head, syncs
+    /// them, then deletes `seg`. Returns the records copied.
+    fn compact_segment(&self, seg: &Arc<Segment<F>>, now: u64) -> Result<u64> {
+        let end = seg.watermark() as usize;
+        let mut off = HEADER_LEN;
+        let mut copied = 0;
+        let mut last_copy = 0;
+        while off < end {
+            let (rec, len) = match record::decode(seg.read(off, seg.capacity() - off)) {
+                Decoded::Record(rec, len) => (rec, len),
+                // Sealed segments were checked on open or written by us.
+                _ => {
+                    return Err(Error::Corruption {
+                        file: seg.path.clone(),
+                        offset: off as u64,
+                        reason: "bad record found while compacting",
+                    })
+                }
+            };
+            let h = hash_key(rec.key);
+            let mut shard = self.index.lock(shard_of(h));
+            let current = shard.find(tag_of(h), |e| entry_is_key(&self.table, e, rec.key));
+            let copy = match rec.kind {
+                // Only the record the index points at is the key's latest.
+                Kind::Insert => {
+                    current.is_some_and(|e| e.seg == seg.id && e.off as usize == off)
+                        && rec.expires_at > now
+                }
+                // Invariant (no resurrection): a removal is kept while the
+                // insert it removed could still be live in an older segment,
+                // unless a later insert for the key supersedes it anyway.
+                Kind::Remove => current.is_none() && rec.expires_at > now,
+            };
+            if copy {
+                let (new_seg, new_off, end_lsn) =
+                    self.log
+                        .lock()
+                        .append(&self.table, rec.kind, rec.expires_at, rec.key)?;
+                if let (Kind::Insert, Some(cur)) = (rec.kind, current) {
+                    // Switch the key over to its copy (found by location).
+                    shard.upsert(
+                        Entry {
+                            seg: new_seg,
+                            off: new_off,
+                            ..cur
+                        },
+                        |e| e.seg == seg.id && e.off as usize == off,
+                    );
+                }
+                copied += 1;
+                last_copy = end_lsn;
+            }
+            drop(shard);
+            off += len;
+        }
+        // The copies must be durable before the original goes.
+        if last_copy > 0 {
+            self.commit.wait_durable(&self.log, last_copy)?;
+        }
+        self.delete_segment(seg)?;
+        Ok(copied)
+    }
+
+    /// Removes a sealed segment. Index entries still pointing into it are
+    /// expired; they answer as absent (their segment is gone) until the next
+    /// sweep drops them.
+    fn delete_segment(&self, seg: &Arc<Segment<F>>) -> Result<()> {
+        self.table.remove(seg.id);
+        self.log
+            .fs
+            .remove(&seg.path)
+            .map_err(io_err("remove segment", &seg.path))?;
+        self.log
+            .fs
+            .sync_dir(&self.dir)
+            .map_err(io_err("fsync dir", &self.dir))
+    }
+}
