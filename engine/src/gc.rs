@@ -96,6 +96,9 @@ impl<F: Vfs> Inner<F> {
         let mut live = vec![0u64; ids.len()];
         for s in 0..SHARDS {
             let mut shard = self.index.lock(s);
+            if shard.is_empty() {
+                continue;
+            }
             shard.retain(|e| {
                 // Segment ids only grow, and only GC (holding `gc_lock`)
                 // deletes segments: an id above the snapshot's newest is a

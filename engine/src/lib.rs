@@ -22,7 +22,9 @@ pub mod sim;
 #[doc(hidden)]
 pub mod internals {
     pub use crate::index::{hash_key, shard_of, tag_of, Entry, Shard};
-    pub use crate::record::{decode, encode, encoded_len, Decoded, Kind};
+    pub use crate::meta::check as check_meta;
+    pub use crate::record::{decode, encode, encoded_len, Decoded, Kind, Record};
+    pub use crate::segment::check_header as check_segment_header;
 }
 
 pub use clock::{Clock, ManualClock, SystemClock};

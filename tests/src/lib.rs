@@ -1,1 +1,4 @@
-//! Black-box integration tests for dedupstore live in `tests/`.
+//! Shared harness for the black-box tests in `tests/` and the fuzz targets
+//! in `fuzz/`: the reference model of the store and an operation runner.
+
+pub mod model;
