@@ -49,6 +49,11 @@ pub enum Error {
     #[error("invalid TTL {ttl:?}: it must be greater than zero and at most {max:?}", max = crate::MAX_TTL)]
     InvalidTtl { ttl: std::time::Duration },
 
+    /// A batch's records would not fit in one log segment. Split it, or raise
+    /// `Config::segment_size`.
+    #[error("batch of {bytes} record bytes exceeds the limit of {max} (half a segment)")]
+    BatchTooLarge { bytes: usize, max: usize },
+
     /// A `Config` value is out of range.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),

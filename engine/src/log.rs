@@ -160,6 +160,16 @@ impl<F: Vfs> Appender<'_, F> {
         Ok((st.active.id, off as u32, lsn(st.active.id, off + len)))
     }
 
+    /// Makes sure the next `bytes` of appends fit in the active segment,
+    /// rolling to a new one first if not. Lets a batch fail before it has
+    /// inserted anything, instead of halfway.
+    pub fn reserve(&mut self, table: &SegmentTable<F>, bytes: usize) -> Result<()> {
+        if self.guard.off + bytes > self.guard.active.capacity() {
+            self.roll(table)?;
+        }
+        Ok(())
+    }
+
     /// Seals the active segment and starts the next one.
     ///
     /// Invariant: a segment is fully synced, and its watermark says so,

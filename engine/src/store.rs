@@ -209,7 +209,9 @@ impl<F: Vfs> Store<F> {
     /// One outcome per key, in order. A key repeated inside the batch is
     /// `Duplicate` after its first occurrence. The batch takes each involved
     /// index shard and the log lock once, and shares one sync. If any key is
-    /// invalid, nothing is inserted.
+    /// invalid, or the batch cannot be written (full disk), nothing is
+    /// inserted. A batch's records must fit in half a segment
+    /// (`Error::BatchTooLarge`): about 250,000 16-byte keys by default.
     pub fn check_and_insert_batch<K: AsRef<[u8]>>(
         &self,
         keys: &[K],
@@ -220,6 +222,18 @@ impl<F: Vfs> Store<F> {
             check_key(k.as_ref())?;
         }
         let inner = &*self.inner;
+        // Invariant: a batch inserts all its new keys or none. Its records are
+        // made to fit in one segment up front, so no roll (and no full disk)
+        // can stop it halfway: a caller told "error" must not find some of
+        // its keys reported as duplicates on retry.
+        let bytes: usize = keys
+            .iter()
+            .map(|k| record::encoded_len(k.as_ref().len()))
+            .sum();
+        let max = (inner.config.segment_size as usize - HEADER_LEN) / 2;
+        if bytes > max {
+            return Err(Error::BatchTooLarge { bytes, max });
+        }
         let now = inner.config.clock.now_ms();
         let expires_at = now.saturating_add(ttl.as_millis() as u64);
         let hashes: Vec<u64> = keys.iter().map(|k| hash_key(k.as_ref())).collect();
@@ -232,6 +246,7 @@ impl<F: Vfs> Store<F> {
             // Lock order: shards ascending, then the log.
             let mut guards: Vec<_> = shard_ids.iter().map(|&s| inner.index.lock(s)).collect();
             let mut appender = inner.log.lock();
+            appender.reserve(&inner.table, bytes)?;
             for (k, &h) in keys.iter().zip(&hashes) {
                 let Ok(g) = shard_ids.binary_search(&shard_of(h)) else {
                     unreachable!("shard was collected above")

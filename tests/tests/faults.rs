@@ -187,3 +187,36 @@ fn every_io_call_failing_in_turn_loses_nothing_acknowledged() {
     );
     assert!(failed_runs > 0);
 }
+
+#[test]
+fn a_batch_that_cannot_be_written_inserts_nothing() {
+    let fs = SimFs::new();
+    let s = Store::open_with(fs.clone(), "/db", cfg().durability(Durability::None)).unwrap();
+    // Fill most of the first segment, then make new segments impossible.
+    for i in 0..3000u32 {
+        s.check_and_insert(&i.to_le_bytes(), DAY).unwrap();
+    }
+    fs.fail_at(Some(Fault {
+        at: 0,
+        sticky: true,
+        errno: libc::ENOSPC,
+        only: Some("allocate"),
+    }));
+    let batch: Vec<[u8; 8]> = (0..1000u64).map(|i| ((i + 1) << 40).to_le_bytes()).collect();
+    let err = s.check_and_insert_batch(&batch, DAY).unwrap_err();
+    assert!(err.is_disk_full(), "{err}");
+    fs.fail_at(None);
+    // A retry processes every key: none was half-inserted by the failure.
+    let out = s.check_and_insert_batch(&batch, DAY).unwrap();
+    assert!(
+        out.iter().all(|o| o.is_inserted()),
+        "a failed batch left keys behind"
+    );
+    // Oversized batches are refused before anything happens.
+    let huge: Vec<[u8; 16]> = (0..20_000u128).map(|i| i.to_le_bytes()).collect();
+    assert!(matches!(
+        s.check_and_insert_batch(&huge, DAY),
+        Err(Error::BatchTooLarge { .. })
+    ));
+    assert!(!s.contains(&huge[0]).unwrap());
+}
