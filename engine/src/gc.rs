@@ -152,15 +152,17 @@ impl<F: Vfs> Inner<F> {
     /// Copies the live records of sealed segment `seg` to the log head, syncs
     /// them, then deletes `seg`. Returns the records copied.
     fn compact_segment(&self, seg: &Arc<Segment<F>>, now: u64) -> Result<u64> {
-        let end = seg.watermark() as usize;
         let mut off = HEADER_LEN;
         let mut copied = 0;
         let mut last_copy = 0;
-        while off < end {
+        // Read to the end of the records, not just to the watermark: every
+        // record the index may point at must be looked at.
+        while off < seg.capacity() {
             let (rec, len) = match record::decode(seg.read(off, seg.capacity() - off)) {
                 Decoded::Record(rec, len) => (rec, len),
+                Decoded::End => break,
                 // Sealed segments were checked on open or written by us.
-                _ => {
+                Decoded::Invalid(_) => {
                     return Err(Error::Corruption {
                         file: seg.path.clone(),
                         offset: off as u64,

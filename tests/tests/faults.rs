@@ -202,7 +202,9 @@ fn a_batch_that_cannot_be_written_inserts_nothing() {
         errno: libc::ENOSPC,
         only: Some("allocate"),
     }));
-    let batch: Vec<[u8; 8]> = (0..1000u64).map(|i| ((i + 1) << 40).to_le_bytes()).collect();
+    let batch: Vec<[u8; 8]> = (0..1000u64)
+        .map(|i| ((i + 1) << 40).to_le_bytes())
+        .collect();
     let err = s.check_and_insert_batch(&batch, DAY).unwrap_err();
     assert!(err.is_disk_full(), "{err}");
     fs.fail_at(None);
