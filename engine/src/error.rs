@@ -54,6 +54,21 @@ pub enum Error {
     #[error("batch of {bytes} record bytes exceeds the limit of {max} (half a segment)")]
     BatchTooLarge { bytes: usize, max: usize },
 
+    /// `claim` found the key with a different payload fingerprint: the same
+    /// ID was used for a different message.
+    #[error("idempotency key reused with a different payload (fingerprint {given:#x}, stored {stored:#x})")]
+    FingerprintMismatch { stored: u64, given: u64 },
+
+    /// `complete` or `release` with a token that no longer owns its key: the
+    /// lease ran out and another caller claimed it, or it was completed,
+    /// released or removed.
+    #[error("claim token {id:#x} no longer owns its key")]
+    StaleToken { id: u64 },
+
+    /// A response for `complete` longer than [`crate::MAX_RESPONSE_LEN`].
+    #[error("response of {len} bytes exceeds the limit of {max}")]
+    ResponseTooLarge { len: usize, max: usize },
+
     /// A `Config` value is out of range.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),

@@ -175,21 +175,22 @@ impl<F: Vfs> Inner<F> {
             let current = shard.find(tag_of(h), |e| entry_is_key(&self.table, e, rec.key));
             let copy = match rec.kind {
                 // Only the record the index points at is the key's latest.
-                Kind::Insert => {
+                Kind::Insert | Kind::Claim | Kind::Complete => {
                     current.is_some_and(|e| e.seg == seg.id && e.off as usize == off)
                         && rec.expires_at > now
                 }
                 // Invariant (no resurrection): a removal is kept while the
-                // insert it removed could still be live in an older segment,
-                // unless a later insert for the key supersedes it anyway.
+                // record it removed could still be live in an older segment,
+                // unless a later record for the key supersedes it anyway.
                 Kind::Remove => current.is_none() && rec.expires_at > now,
             };
             if copy {
+                let raw = seg.read(off, len);
                 let (new_seg, new_off, end_lsn) =
                     self.log
                         .lock()
-                        .append(&self.table, rec.kind, rec.expires_at, rec.key)?;
-                if let (Kind::Insert, Some(cur)) = (rec.kind, current) {
+                        .append_raw(&self.table, raw, rec.expires_at)?;
+                if let (true, Some(cur)) = (rec.kind != Kind::Remove, current) {
                     // Switch the key over to its copy (found by location).
                     shard.upsert(
                         Entry {

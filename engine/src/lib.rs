@@ -1,5 +1,6 @@
 #![doc = include_str!("../../README.md")]
 
+mod claim;
 mod clock;
 mod commit;
 mod config;
@@ -27,9 +28,10 @@ pub mod internals {
     pub use crate::segment::check_header as check_segment_header;
 }
 
+pub use claim::{Claim, ClaimToken};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Config, Durability, RecoveryMode};
 pub use error::{Error, Result};
 pub use gc::GcReport;
-pub use record::MAX_KEY_LEN;
+pub use record::{MAX_KEY_LEN, MAX_RESPONSE_LEN};
 pub use store::{Outcome, Stats, Store, MAX_TTL};

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use crate::error::Result;
-use crate::record::{self, Kind};
+use crate::record::{self, Body, Kind};
 use crate::segment::Segment;
 use crate::vfs::Vfs;
 
@@ -71,8 +71,16 @@ impl<F: Vfs> SegmentTable<F> {
 pub fn record_at<F: Vfs>(seg: &Segment<F>, off: u32) -> &[u8] {
     let off = off as usize;
     let head = seg.read(off, record::RECORD_HEADER_LEN);
-    let len = record::encoded_len(record::key_len_of(head));
+    // Enough bytes to know the length: header, key and a response length.
+    let probe =
+        (record::RECORD_HEADER_LEN + record::key_len_of(head) + 12).min(seg.capacity() - off);
+    let len = record::len_of(seg.read(off, probe));
     seg.read(off, len)
+}
+
+/// The key of a record returned by `record_at`.
+pub fn key_of(rec: &[u8]) -> &[u8] {
+    &rec[record::RECORD_HEADER_LEN..record::RECORD_HEADER_LEN + record::key_len_of(rec)]
 }
 
 pub struct LogState<F: Vfs> {
@@ -130,12 +138,7 @@ impl<F: Vfs> Log<F> {
 }
 
 impl<F: Vfs> Appender<'_, F> {
-    /// Appends one record; returns its segment, offset and end LSN.
-    ///
-    /// Invariant: records are appended strictly in LSN order, each fully
-    /// written before the lock is released, so the log never has holes and
-    /// the order of two records for one key (written under its shard lock)
-    /// is their order in the log.
+    /// Appends an insert or remove; returns its segment, offset and end LSN.
     pub fn append(
         &mut self,
         table: &SegmentTable<F>,
@@ -143,18 +146,65 @@ impl<F: Vfs> Appender<'_, F> {
         expires_at: u64,
         key: &[u8],
     ) -> Result<(u32, u32, Lsn)> {
+        let body = if kind == Kind::Remove {
+            Body::Remove
+        } else {
+            Body::Insert
+        };
+        self.append_body(table, &body, expires_at, key)
+    }
+
+    /// Appends one record; returns its segment, offset and end LSN.
+    ///
+    /// Invariant: records are appended strictly in LSN order, each fully
+    /// written before the lock is released, so the log never has holes and
+    /// the order of two records for one key (written under its shard lock)
+    /// is their order in the log.
+    pub fn append_body(
+        &mut self,
+        table: &SegmentTable<F>,
+        body: &Body<'_>,
+        expires_at: u64,
+        key: &[u8],
+    ) -> Result<(u32, u32, Lsn)> {
+        let len = record::body_len(key.len(), body);
+        self.append_with(table, len, expires_at, |out| {
+            record::encode_body(out, body, expires_at, key)
+        })
+    }
+
+    /// Appends a copy of a valid record (compaction); records carry no
+    /// position, so the bytes stay valid where they land.
+    pub fn append_raw(
+        &mut self,
+        table: &SegmentTable<F>,
+        rec: &[u8],
+        expires_at: u64,
+    ) -> Result<(u32, u32, Lsn)> {
+        self.append_with(table, rec.len(), expires_at, |out| out.copy_from_slice(rec))
+    }
+
+    /// The LSN at which a record of `len` bytes appended next will start:
+    /// unique per record, so it serves as a claim token.
+    pub fn next_lsn(&mut self, table: &SegmentTable<F>, len: usize) -> Result<Lsn> {
+        self.reserve(table, len)?;
+        Ok(lsn(self.guard.active.id, self.guard.off))
+    }
+
+    fn append_with(
+        &mut self,
+        table: &SegmentTable<F>,
+        len: usize,
+        expires_at: u64,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<(u32, u32, Lsn)> {
         if self.log.poisoned.load(Ordering::Acquire) {
             return Err(crate::Error::SyncFailed);
         }
-        let len = record::encoded_len(key.len());
-        if self.guard.off + len > self.guard.active.capacity() {
-            self.roll(table)?;
-        }
+        self.reserve(table, len)?;
         let st = &mut *self.guard;
         let off = st.off;
-        let mut buf = [0u8; record::MAX_RECORD_LEN];
-        record::encode(&mut buf[..len], kind, expires_at, key);
-        st.active.write(off, &buf[..len]);
+        st.active.write_with(off, len, fill);
         st.active.note_record(expires_at);
         st.off = off + len;
         Ok((st.active.id, off as u32, lsn(st.active.id, off + len)))

@@ -2,32 +2,85 @@
 //!
 //! ```text
 //! 0..4   crc32 of bytes 4..len
-//! 4      kind (1 = insert, 2 = remove)
-//! 5      flags (0)
+//! 4      kind: 1 insert, 2 remove, 3 claim, 4 complete
+//! 5      flags: bit 0 = a fingerprint follows the key (claim, complete only)
 //! 6..8   key length, 1..=1024
 //! 8..16  expires_at, ms since the Unix epoch
 //! 16..   key
+//! then, claim:    fingerprint u64, token u64
+//!       complete: fingerprint u64, response length u32, response
 //! ```
 
 pub const RECORD_HEADER_LEN: usize = 16;
 pub const MAX_KEY_LEN: usize = 1024;
-pub const MAX_RECORD_LEN: usize = RECORD_HEADER_LEN + MAX_KEY_LEN;
+/// Largest response `complete` stores.
+pub const MAX_RESPONSE_LEN: usize = 32 << 10;
+pub const MAX_RECORD_LEN: usize = RECORD_HEADER_LEN + MAX_KEY_LEN + 12 + MAX_RESPONSE_LEN;
+
+const FLAG_FINGERPRINT: u8 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Kind {
     Insert = 1,
     Remove = 2,
+    Claim = 3,
+    Complete = 4,
+}
+
+/// What a record carries besides its key and expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body<'a> {
+    Insert,
+    Remove,
+    /// Work on the key is owned by `token` until the record expires (the lease).
+    Claim {
+        fingerprint: Option<u64>,
+        token: u64,
+    },
+    /// The work is done; `response` is replayed to duplicates until expiry.
+    Complete {
+        fingerprint: Option<u64>,
+        response: &'a [u8],
+    },
+}
+
+impl Body<'_> {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Body::Insert => Kind::Insert,
+            Body::Remove => Kind::Remove,
+            Body::Claim { .. } => Kind::Claim,
+            Body::Complete { .. } => Kind::Complete,
+        }
+    }
+
+    fn extra_len(&self) -> usize {
+        match self {
+            Body::Insert | Body::Remove => 0,
+            Body::Claim { .. } => 16,
+            Body::Complete { response, .. } => 12 + response.len(),
+        }
+    }
+
+    pub fn fingerprint(&self) -> Option<u64> {
+        match self {
+            Body::Claim { fingerprint, .. } | Body::Complete { fingerprint, .. } => *fingerprint,
+            _ => None,
+        }
+    }
 }
 
 /// A record borrowed from the bytes it was decoded from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Record<'a> {
     pub kind: Kind,
-    /// For an insert, when it expires; for a remove, when the insert it
-    /// removes would have expired (so GC knows how long the tombstone matters).
+    /// For an insert, claim or complete, when it expires; for a remove, when
+    /// the record it removes would have expired (so GC knows how long the
+    /// removal matters).
     pub expires_at: u64,
     pub key: &'a [u8],
+    pub body: Body<'a>,
 }
 
 /// What sits at a position in a segment.
@@ -41,22 +94,62 @@ pub enum Decoded<'a> {
     Invalid(&'static str),
 }
 
+/// Length of an insert or remove record.
 pub fn encoded_len(key_len: usize) -> usize {
     RECORD_HEADER_LEN + key_len
 }
 
-/// Encodes into `out`, which must be exactly `encoded_len(key.len())` long.
-/// The caller has validated the key length.
+pub fn body_len(key_len: usize, body: &Body<'_>) -> usize {
+    RECORD_HEADER_LEN + key_len + body.extra_len()
+}
+
+/// Encodes an insert or remove into `out` (exactly `encoded_len` long).
 pub fn encode(out: &mut [u8], kind: Kind, expires_at: u64, key: &[u8]) {
+    let body = match kind {
+        Kind::Remove => Body::Remove,
+        _ => Body::Insert,
+    };
+    encode_body(out, &body, expires_at, key);
+}
+
+/// Encodes into `out`, which must be exactly `body_len(key.len(), body)`
+/// long. The caller has validated the key and response lengths.
+pub fn encode_body(out: &mut [u8], body: &Body<'_>, expires_at: u64, key: &[u8]) {
     debug_assert!(!key.is_empty() && key.len() <= MAX_KEY_LEN);
-    debug_assert_eq!(out.len(), encoded_len(key.len()));
-    out[4] = kind as u8;
-    out[5] = 0;
+    debug_assert_eq!(out.len(), body_len(key.len(), body));
+    out[4] = body.kind() as u8;
+    out[5] = if body.fingerprint().is_some() {
+        FLAG_FINGERPRINT
+    } else {
+        0
+    };
     out[6..8].copy_from_slice(&(key.len() as u16).to_le_bytes());
     out[8..16].copy_from_slice(&expires_at.to_le_bytes());
-    out[16..].copy_from_slice(key);
+    let k = RECORD_HEADER_LEN + key.len();
+    out[RECORD_HEADER_LEN..k].copy_from_slice(key);
+    match body {
+        Body::Insert | Body::Remove => {}
+        Body::Claim { fingerprint, token } => {
+            out[k..k + 8].copy_from_slice(&fingerprint.unwrap_or(0).to_le_bytes());
+            out[k + 8..k + 16].copy_from_slice(&token.to_le_bytes());
+        }
+        Body::Complete {
+            fingerprint,
+            response,
+        } => {
+            out[k..k + 8].copy_from_slice(&fingerprint.unwrap_or(0).to_le_bytes());
+            out[k + 8..k + 12].copy_from_slice(&(response.len() as u32).to_le_bytes());
+            out[k + 12..].copy_from_slice(response);
+        }
+    }
     let crc = crc32fast::hash(&out[4..]);
     out[0..4].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
 }
 
 /// Decodes the record at the start of `buf`. Never panics, whatever the bytes.
@@ -77,30 +170,64 @@ pub fn decode(buf: &[u8]) -> Decoded<'_> {
     let kind = match head[4] {
         1 => Kind::Insert,
         2 => Kind::Remove,
+        3 => Kind::Claim,
+        4 => Kind::Complete,
         _ => return Decoded::Invalid("unknown record kind"),
     };
-    if head[5] != 0 {
+    let flags = head[5];
+    let allowed = if matches!(kind, Kind::Claim | Kind::Complete) {
+        FLAG_FINGERPRINT
+    } else {
+        0
+    };
+    if flags & !allowed != 0 {
         return Decoded::Invalid("unknown record flags");
     }
     let key_len = u16::from_le_bytes([head[6], head[7]]) as usize;
     if key_len == 0 || key_len > MAX_KEY_LEN {
         return Decoded::Invalid("key length out of range");
     }
-    let len = encoded_len(key_len);
-    let Some(body) = buf.get(..len) else {
+    let k = RECORD_HEADER_LEN + key_len;
+    let len = match kind {
+        Kind::Insert | Kind::Remove => k,
+        Kind::Claim => k + 16,
+        Kind::Complete => {
+            let Some(n) = buf.get(k + 8..k + 12) else {
+                return Decoded::Invalid("record extends past the end of the segment");
+            };
+            let n = u32::from_le_bytes([n[0], n[1], n[2], n[3]]) as usize;
+            if n > MAX_RESPONSE_LEN {
+                return Decoded::Invalid("response length out of range");
+            }
+            k + 12 + n
+        }
+    };
+    let Some(rec) = buf.get(..len) else {
         return Decoded::Invalid("record extends past the end of the segment");
     };
     let stored = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
-    if crc32fast::hash(&body[4..]) != stored {
+    if crc32fast::hash(&rec[4..]) != stored {
         return Decoded::Invalid("record checksum mismatch");
     }
-    let mut exp = [0u8; 8];
-    exp.copy_from_slice(&head[8..16]);
+    let fingerprint = (flags & FLAG_FINGERPRINT != 0).then(|| u64_at(rec, k));
+    let body = match kind {
+        Kind::Insert => Body::Insert,
+        Kind::Remove => Body::Remove,
+        Kind::Claim => Body::Claim {
+            fingerprint,
+            token: u64_at(rec, k + 8),
+        },
+        Kind::Complete => Body::Complete {
+            fingerprint,
+            response: &rec[k + 12..],
+        },
+    };
     Decoded::Record(
         Record {
             kind,
-            expires_at: u64::from_le_bytes(exp),
-            key: &body[RECORD_HEADER_LEN..],
+            expires_at: u64_at(head, 8),
+            key: &rec[RECORD_HEADER_LEN..k],
+            body,
         },
         len,
     )
@@ -108,9 +235,7 @@ pub fn decode(buf: &[u8]) -> Decoded<'_> {
 
 /// Reads the expiry of a record already known to be valid (index hits).
 pub fn expires_at_of(rec: &[u8]) -> u64 {
-    let mut exp = [0u8; 8];
-    exp.copy_from_slice(&rec[8..16]);
-    u64::from_le_bytes(exp)
+    u64_at(rec, 8)
 }
 
 /// Reads the key length of a record already known to be valid.
@@ -118,19 +243,31 @@ pub fn key_len_of(rec: &[u8]) -> usize {
     u16::from_le_bytes([rec[6], rec[7]]) as usize
 }
 
+/// Length of a record already known to be valid, from its first bytes.
+pub fn len_of(rec: &[u8]) -> usize {
+    let k = RECORD_HEADER_LEN + key_len_of(rec);
+    match rec[4] {
+        3 => k + 16,
+        4 => {
+            k + 12 + u32::from_le_bytes([rec[k + 8], rec[k + 9], rec[k + 10], rec[k + 11]]) as usize
+        }
+        _ => k,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn enc(kind: Kind, exp: u64, key: &[u8]) -> Vec<u8> {
-        let mut v = vec![0; encoded_len(key.len())];
-        encode(&mut v, kind, exp, key);
+    fn enc(body: Body<'_>, exp: u64, key: &[u8]) -> Vec<u8> {
+        let mut v = vec![0; body_len(key.len(), &body)];
+        encode_body(&mut v, &body, exp, key);
         v
     }
 
     #[test]
     fn roundtrip() {
-        let v = enc(Kind::Remove, 0x0102_0304_0506_0708, b"hello");
+        let v = enc(Body::Remove, 0x0102_0304_0506_0708, b"hello");
         assert_eq!(v.len(), 21);
         assert_eq!(&v[6..8], &[5, 0], "key length is little-endian");
         assert_eq!(
@@ -138,40 +275,90 @@ mod tests {
             &[8, 7, 6, 5, 4, 3, 2, 1],
             "expiry is little-endian"
         );
-        assert_eq!(
-            decode(&v),
-            Decoded::Record(
-                Record {
-                    kind: Kind::Remove,
-                    expires_at: 0x0102_0304_0506_0708,
-                    key: b"hello"
-                },
-                21
-            )
-        );
+        let rec = Record {
+            kind: Kind::Remove,
+            expires_at: 0x0102_0304_0506_0708,
+            key: b"hello",
+            body: Body::Remove,
+        };
+        assert_eq!(decode(&v), Decoded::Record(rec, 21));
+    }
+
+    #[test]
+    fn claim_and_complete_roundtrip() {
+        for body in [
+            Body::Claim {
+                fingerprint: Some(7),
+                token: 99,
+            },
+            Body::Claim {
+                fingerprint: None,
+                token: 1,
+            },
+            Body::Complete {
+                fingerprint: Some(1 << 63),
+                response: b"{\"ok\":true}",
+            },
+            Body::Complete {
+                fingerprint: None,
+                response: b"",
+            },
+        ] {
+            let v = enc(body, 5, b"key");
+            assert_eq!(len_of(&v), v.len());
+            match decode(&v) {
+                Decoded::Record(r, len) => {
+                    assert_eq!(
+                        (r.body, r.key, r.expires_at, len),
+                        (body, &b"key"[..], 5, v.len())
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]
     fn every_single_bit_flip_is_detected() {
-        let v = enc(Kind::Insert, 99, b"0123456789abcdef");
-        for i in 0..v.len() * 8 {
-            let mut w = v.clone();
-            w[i / 8] ^= 1 << (i % 8);
-            assert!(
-                matches!(decode(&w), Decoded::Invalid(_)),
-                "flip of bit {i} not detected"
-            );
+        for body in [
+            Body::Insert,
+            Body::Complete {
+                fingerprint: Some(3),
+                response: b"resp",
+            },
+        ] {
+            let v = enc(body, 99, b"0123456789abcdef");
+            for i in 0..v.len() * 8 {
+                let mut w = v.clone();
+                w[i / 8] ^= 1 << (i % 8);
+                assert!(
+                    matches!(decode(&w), Decoded::Invalid(_)),
+                    "flip of bit {i} not detected"
+                );
+            }
         }
     }
 
     #[test]
     fn every_truncation_is_invalid_not_a_record() {
-        let v = enc(Kind::Insert, 99, b"0123456789abcdef");
-        for cut in 1..v.len() {
-            assert!(
-                matches!(decode(&v[..cut]), Decoded::Invalid(_)),
-                "cut at {cut}"
-            );
+        for body in [
+            Body::Insert,
+            Body::Claim {
+                fingerprint: None,
+                token: 4,
+            },
+            Body::Complete {
+                fingerprint: None,
+                response: b"xyz",
+            },
+        ] {
+            let v = enc(body, 99, b"0123456789abcdef");
+            for cut in 1..v.len() {
+                assert!(
+                    matches!(decode(&v[..cut]), Decoded::Invalid(_)),
+                    "cut at {cut}"
+                );
+            }
         }
         assert_eq!(decode(&[]), Decoded::End);
         assert_eq!(decode(&[0u8; 40]), Decoded::End);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::config::{Config, RecoveryMode};
 use crate::error::{io_err, Error, Result};
 use crate::index::{exp_secs, hash_key, shard_of, tag_of, Entry, Index, SHARDS};
-use crate::log::{record_at, SegmentTable};
+use crate::log::{key_of, record_at, SegmentTable};
 use crate::record::{self, Decoded, Kind, Record};
 use crate::segment::{self, Segment, HEADER_LEN};
 use crate::vfs::Vfs;
@@ -30,9 +30,7 @@ pub struct Recovered<F: Vfs> {
 /// Does the key stored at `e` equal `key`?
 pub fn entry_is_key<F: Vfs>(table: &SegmentTable<F>, e: &Entry, key: &[u8]) -> bool {
     table
-        .with(e.seg, |s| {
-            &record_at(s, e.off)[record::RECORD_HEADER_LEN..] == key
-        })
+        .with(e.seg, |s| key_of(record_at(s, e.off)) == key)
         .unwrap_or(false)
 }
 
@@ -92,15 +90,9 @@ fn apply_segment<F: Vfs>(
             // The key is read from the log only on a tag match (rare): the
             // records are visited in shard order, so reading it for every
             // record would be a cache miss each.
-            let is_key = |e: &Entry| {
-                entry_is_key(
-                    table,
-                    e,
-                    &record_at(seg, r.off)[record::RECORD_HEADER_LEN..],
-                )
-            };
+            let is_key = |e: &Entry| entry_is_key(table, e, key_of(record_at(seg, r.off)));
             let tag = tag_of(r.hash);
-            if r.kind == Kind::Insert && r.expires_at > now {
+            if r.kind != Kind::Remove && r.expires_at > now {
                 shard.upsert(
                     Entry {
                         tag,

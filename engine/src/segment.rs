@@ -233,6 +233,18 @@ impl<F: Vfs> Segment<F> {
         }
     }
 
+    /// Lets `fill` write `[off, off + len)` in place. Same contract as `write`.
+    pub fn write_with(&self, off: usize, len: usize, fill: impl FnOnce(&mut [u8])) {
+        assert!(
+            off.checked_add(len)
+                .is_some_and(|end| end <= self.map.map_len()),
+            "write out of segment bounds"
+        );
+        // SAFETY: as in `write`: in bounds, preallocated, and the range is
+        // owned by this writer, so no other reference to it exists.
+        fill(unsafe { std::slice::from_raw_parts_mut(self.map.as_ptr().add(off), len) })
+    }
+
     pub fn sync(&self, off: usize, len: usize) -> Result<()> {
         self.map
             .sync_range(off, len)

@@ -115,7 +115,7 @@ pub(crate) fn check_ttl(ttl: Duration) -> Result<()> {
     Ok(())
 }
 
-fn check_key(key: &[u8]) -> Result<()> {
+pub(crate) fn check_key(key: &[u8]) -> Result<()> {
     if key.is_empty() || key.len() > MAX_KEY_LEN {
         return Err(Error::InvalidKey { len: key.len() });
     }
@@ -277,7 +277,7 @@ impl<F: Vfs> Store<F> {
         let need = {
             let shard = inner.index.lock(shard_of(h));
             match inner.find_live(&shard, key, h, now) {
-                Some((e, _)) => lsn_after(&e, key),
+                Some(live) => live.end,
                 None => return Ok(false),
             }
         };
@@ -295,7 +295,7 @@ impl<F: Vfs> Store<F> {
         let h = hash_key(key);
         let need = {
             let mut shard = inner.index.lock(shard_of(h));
-            let Some((_, expires_at)) = inner.find_live(&shard, key, h, now) else {
+            let Some(Live { expires_at, .. }) = inner.find_live(&shard, key, h, now) else {
                 return Ok(false);
             };
             let (_, _, end) =
@@ -408,6 +408,10 @@ impl<F: Vfs> Store<F> {
         }
     }
 
+    pub(crate) fn inner(&self) -> &Inner<F> {
+        &self.inner
+    }
+
     pub fn config(&self) -> &Config {
         &self.inner.config
     }
@@ -446,19 +450,26 @@ impl<F: Vfs> Drop for Store<F> {
     }
 }
 
-/// End LSN of the record an entry points at.
-fn lsn_after(e: &Entry, key: &[u8]) -> Lsn {
-    lsn(e.seg, e.off as usize + record::encoded_len(key.len()))
+/// An unexpired record found in the index.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Live {
+    pub(crate) expires_at: u64,
+    /// End LSN of the record: what must be durable before answering from it.
+    pub(crate) end: Lsn,
 }
 
 impl<F: Vfs> Inner<F> {
     /// The index entry for `key` and its exact expiry, if unexpired.
-    fn find_live(&self, shard: &Shard, key: &[u8], h: u64, now: u64) -> Option<(Entry, u64)> {
+    pub(crate) fn find_live(&self, shard: &Shard, key: &[u8], h: u64, now: u64) -> Option<Live> {
         let e = shard.find(tag_of(h), |e| entry_is_key(&self.table, e, key))?;
-        let expires_at = self
-            .table
-            .with(e.seg, |s| record::expires_at_of(record_at(s, e.off)))?;
-        (expires_at > now).then_some((e, expires_at))
+        self.table
+            .with(e.seg, |s| {
+                let rec = record_at(s, e.off);
+                let expires_at = record::expires_at_of(rec);
+                let end = lsn(e.seg, e.off as usize + rec.len());
+                (expires_at > now).then_some(Live { expires_at, end })
+            })
+            .flatten()
     }
 
     /// The body of check-and-insert, with the key's shard locked. Returns the
@@ -472,12 +483,12 @@ impl<F: Vfs> Inner<F> {
         now: u64,
         expires_at: u64,
     ) -> Result<(Outcome, Lsn)> {
-        if let Some((e, exp)) = self.find_live(shard, key, h, now) {
+        if let Some(live) = self.find_live(shard, key, h, now) {
             return Ok((
                 Outcome::Duplicate {
-                    expires_at: to_system_time(exp),
+                    expires_at: to_system_time(live.expires_at),
                 },
-                lsn_after(&e, key),
+                live.end,
             ));
         }
         let (seg, off, end) = match appender {
@@ -503,7 +514,7 @@ impl<F: Vfs> Inner<F> {
     }
 
     /// Under `Immediate`, waits until `need` is durable.
-    fn wait_for(&self, need: Lsn) -> Result<()> {
+    pub(crate) fn wait_for(&self, need: Lsn) -> Result<()> {
         if self.config.durability == Durability::Immediate {
             self.commit.wait_durable(&self.log, need)
         } else if self.log.poisoned.load(Ordering::Acquire) {

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use dedupstore::sim::{CrashMode, SimFs};
-use dedupstore::{Clock, Config, Durability, ManualClock, Store};
+use dedupstore::{Claim, ClaimToken, Clock, Config, Durability, Error, ManualClock, Store};
 
 /// One step of a scenario.
 #[derive(Debug, Clone)]
@@ -29,6 +29,19 @@ pub enum Op {
         ttl_ms: u64,
     },
     Contains {
+        key: u32,
+    },
+    /// `claim`; an acquired token is kept for `Complete` / `Release`.
+    Claim {
+        key: u32,
+        lease_ms: u64,
+    },
+    /// `complete` with the key's last acquired token, if it still owns it.
+    Complete {
+        key: u32,
+        ttl_ms: u64,
+    },
+    Release {
         key: u32,
     },
     Remove {
@@ -115,11 +128,24 @@ impl Model {
     }
 }
 
+/// For complete / release: a key that has a live token, so the op does
+/// something (any key if none does).
+fn pick_held<T>(owners: &HashMap<u32, T>, k: u32, nkeys: u32) -> u32 {
+    let mut held: Vec<u32> = owners.keys().copied().collect();
+    held.sort_unstable();
+    held.get(k as usize % held.len().max(1))
+        .copied()
+        .unwrap_or(k % nkeys)
+}
+
 /// What a run did, for tests that check the scenarios reach far enough.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Summary {
     pub crashes: u64,
     pub segments_reclaimed: u64,
+    /// Claims acquired, then completed or released with their token.
+    pub claims: u64,
+    pub completes: u64,
 }
 
 /// Runs `ops` against a fresh store on a simulated file system, checking
@@ -139,6 +165,9 @@ pub fn run(durability: Durability, nkeys: u32, ops: &[Op]) -> Summary {
     let mut store = Some(Store::open_with(fs.clone(), "/db", cfg()).expect("open a new store"));
     let mut model = Model::default();
     let mut summary = Summary::default();
+    // Tokens that own their key as far as the model knows; any other change
+    // to the key (or a crash) forgets them.
+    let mut owners: HashMap<u32, (ClaimToken, u64)> = HashMap::new();
     let ctx = |step: usize, what: &str| format!("step {step} ({durability:?}): {what}");
 
     for (step, op) in ops.iter().enumerate() {
@@ -156,6 +185,7 @@ pub fn run(durability: Durability, nkeys: u32, ops: &[Op]) -> Summary {
                 );
                 if !present {
                     model.set(k, Some(now + ttl.as_millis() as u64), immediate);
+                    owners.remove(&k);
                 }
             }
             Op::Batch { keys, ttl_ms } => {
@@ -173,6 +203,59 @@ pub fn run(durability: Durability, nkeys: u32, ops: &[Op]) -> Summary {
                     );
                     if !present {
                         model.set(k, Some(now + ttl.as_millis() as u64), immediate);
+                        owners.remove(&k);
+                    }
+                }
+            }
+            &Op::Claim { key: k, lease_ms } => {
+                let k = k % nkeys;
+                let lease = Duration::from_millis(lease_ms.clamp(1, 1 << 40));
+                let c = s.claim(&key(k), lease, None).unwrap();
+                let present = !matches!(c, Claim::Acquired(_));
+                assert!(
+                    model.observe(k, present, now),
+                    "{}",
+                    ctx(step, &format!("claim {k} said {c:?}"))
+                );
+                if let Claim::Acquired(tok) = c {
+                    summary.claims += 1;
+                    model.set(k, Some(now + lease.as_millis() as u64), immediate);
+                    owners.insert(k, (tok, now + lease.as_millis() as u64));
+                }
+            }
+            &Op::Complete { key: k, ttl_ms } => {
+                let k = pick_held(&owners, k, nkeys);
+                if let Some((tok, lease_end)) = owners.remove(&k) {
+                    let ttl = Duration::from_millis(ttl_ms.clamp(1, 1 << 40));
+                    let r = s.complete(&tok, Some(&key(k)[..4]), ttl);
+                    if now < lease_end {
+                        r.unwrap_or_else(|e| {
+                            panic!("{}", ctx(step, &format!("complete {k}: {e}")))
+                        });
+                        model.set(k, Some(now + ttl.as_millis() as u64), immediate);
+                        summary.completes += 1;
+                    } else {
+                        assert!(
+                            matches!(r, Err(Error::StaleToken { .. })),
+                            "{}",
+                            ctx(step, &format!("late complete {k}: {r:?}"))
+                        );
+                    }
+                }
+            }
+            &Op::Release { key: k } => {
+                let k = pick_held(&owners, k, nkeys);
+                if let Some((tok, lease_end)) = owners.remove(&k) {
+                    let r = s.release(&tok);
+                    if now < lease_end {
+                        r.unwrap_or_else(|e| panic!("{}", ctx(step, &format!("release {k}: {e}"))));
+                        model.set(k, None, immediate);
+                    } else {
+                        assert!(
+                            matches!(r, Err(Error::StaleToken { .. })),
+                            "{}",
+                            ctx(step, &format!("late release {k}: {r:?}"))
+                        );
                     }
                 }
             }
@@ -195,6 +278,7 @@ pub fn run(durability: Durability, nkeys: u32, ops: &[Op]) -> Summary {
                 );
                 if present {
                     model.set(k, None, immediate);
+                    owners.remove(&k);
                 }
             }
             &Op::Advance { ms } => clock.advance(Duration::from_millis(ms % 10_000)),
@@ -224,6 +308,7 @@ pub fn run(durability: Durability, nkeys: u32, ops: &[Op]) -> Summary {
                     _ => CrashMode::Torn(seed),
                 };
                 let crashed = fs.crash(mode);
+                owners.clear();
                 drop(store.take()); // the dead process's handle does not touch the new image
                 fs = crashed;
                 let reopened = Store::open_with(fs.clone(), "/db", cfg()).unwrap_or_else(|e| {
@@ -270,7 +355,16 @@ pub fn random_ops(rng: &mut fastrand::Rng, steps: usize, nkeys: u32) -> Vec<Op> 
                     keys: (0..rng.usize(1..20)).map(|_| rng.u32(..nkeys)).collect(),
                     ttl_ms: 3_000,
                 },
-                50..=64 => Op::Contains { key },
+                50..=57 => Op::Contains { key },
+                58..=61 => Op::Claim {
+                    key,
+                    lease_ms: rng.u64(1..3_000),
+                },
+                62 | 63 => Op::Complete {
+                    key,
+                    ttl_ms: rng.u64(1..5_000),
+                },
+                64 => Op::Release { key },
                 65..=74 => Op::Remove { key },
                 75..=84 => Op::Advance {
                     ms: rng.u64(..1_500),

@@ -16,7 +16,7 @@ fn random_sequences_with_crashes_match_the_model() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(300);
-    let (mut crashes, mut reclaimed) = (0, 0);
+    let (mut crashes, mut reclaimed, mut claims, mut completes) = (0, 0, 0, 0);
     for seed in 0..seeds {
         let mut rng = fastrand::Rng::with_seed(seed);
         let durability = match rng.u8(..3) {
@@ -32,10 +32,15 @@ fn random_sequences_with_crashes_match_the_model() {
             });
         crashes += r.crashes;
         reclaimed += r.segments_reclaimed;
+        claims += r.claims;
+        completes += r.completes;
     }
-    eprintln!("model check: {seeds} sequences of 500 steps, {crashes} crashes, GC reclaimed {reclaimed} segments");
+    eprintln!(
+        "model check: {seeds} sequences of 500 steps, {crashes} crashes, GC reclaimed {reclaimed} segments, \
+         {claims} claims acquired, {completes} completed"
+    );
     assert!(
-        seeds < 50 || (reclaimed > 0 && crashes > seeds),
+        seeds < 50 || (reclaimed > 0 && crashes > seeds && completes > 0),
         "scenarios too shallow"
     );
 }

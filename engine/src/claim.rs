@@ -1,0 +1,309 @@
+//! Idempotent processing as a per-key state machine: claim, then complete
+//! (storing a response) or release, with leases.
+//!
+//! ```text
+//!              claim (new or expired key)
+//!   absent ──────────────────────────────► in progress (lease)
+//!     ▲  ▲                                   │   │   │
+//!     │  │ release(token)                    │   │   │ lease ends, no complete:
+//!     │  └───────────────────────────────────┘   │   │ the next claim takes over
+//!     │                                          │   ▼ (new token; old one is stale)
+//!     │  TTL ends          complete(token, resp) │
+//!     └──────────────── completed (response) ◄───┘
+//! ```
+//!
+//! Each transition is one record appended under the key's shard lock, so it
+//! is atomic against every other call for the key, durable like any insert
+//! (under `Immediate` it returns only once synced), and replayed on recovery.
+
+use std::time::{Duration, SystemTime};
+
+use crate::clock::to_system_time;
+use crate::error::{Error, Result};
+use crate::index::{exp_secs, hash_key, shard_of, tag_of, Entry, Shard};
+use crate::log::{record_at, Lsn};
+use crate::record::{self, Body, Decoded, MAX_RESPONSE_LEN};
+use crate::recovery::entry_is_key;
+use crate::store::{check_key, check_ttl, Inner, Store};
+use crate::vfs::Vfs;
+
+/// Proof of ownership of a claimed key, handed out by [`Store::claim`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimToken {
+    key: Vec<u8>,
+    id: u64,
+}
+
+impl ClaimToken {
+    pub fn key(&self) -> &[u8] {
+        &self.key
+    }
+    /// Unique among all claims ever made in this store.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+/// The answer of [`Store::claim`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The caller owns the work until the lease ends: do it, then
+    /// `complete` (or `release` if it failed).
+    Acquired(ClaimToken),
+    /// Another caller owns the work; retry after `lease_expires_at` (the
+    /// lease is wall-clock time from the store's `Clock`).
+    InProgress { lease_expires_at: SystemTime },
+    /// The work is done. `response` is what `complete` stored (`None` if it
+    /// stored none, or if the key was recorded by `check_and_insert`).
+    Completed {
+        response: Option<Vec<u8>>,
+        expires_at: SystemTime,
+    },
+}
+
+/// The state of a key as its latest record tells it.
+enum State {
+    Plain,
+    Claimed {
+        fingerprint: Option<u64>,
+        token: u64,
+    },
+    Done {
+        fingerprint: Option<u64>,
+        response: Vec<u8>,
+    },
+}
+
+struct Current {
+    state: State,
+    expires_at: u64,
+    end: Lsn,
+}
+
+fn check_fingerprint(stored: Option<u64>, given: Option<u64>) -> Result<()> {
+    match (stored, given) {
+        (Some(s), Some(g)) if s != g => Err(Error::FingerprintMismatch {
+            stored: s,
+            given: g,
+        }),
+        _ => Ok(()),
+    }
+}
+
+impl<F: Vfs> Inner<F> {
+    /// The key's latest record, expired or not.
+    fn current(&self, shard: &Shard, key: &[u8], h: u64) -> Option<(Entry, Current)> {
+        let e = shard.find(tag_of(h), |e| entry_is_key(&self.table, e, key))?;
+        self.table
+            .with(e.seg, |s| {
+                let rec = record_at(s, e.off);
+                let end = crate::log::lsn(e.seg, e.off as usize + rec.len());
+                let Decoded::Record(r, _) = record::decode(rec) else {
+                    return None;
+                };
+                let state = match r.body {
+                    Body::Claim { fingerprint, token } => State::Claimed { fingerprint, token },
+                    Body::Complete {
+                        fingerprint,
+                        response,
+                    } => State::Done {
+                        fingerprint,
+                        response: response.to_vec(),
+                    },
+                    _ => State::Plain,
+                };
+                Some((
+                    e,
+                    Current {
+                        state,
+                        expires_at: r.expires_at,
+                        end,
+                    },
+                ))
+            })
+            .flatten()
+    }
+
+    /// Points the key's index entry at its newly appended record.
+    fn point_at(&self, shard: &mut Shard, key: &[u8], h: u64, seg: u32, off: u32, expires_at: u64) {
+        let entry = Entry {
+            tag: tag_of(h),
+            seg,
+            off,
+            exp_s: exp_secs(expires_at),
+        };
+        shard.upsert(entry, |e| entry_is_key(&self.table, e, key));
+    }
+
+    /// Checks that `token` still owns its key: the key's latest record is
+    /// the claim that issued it, and its lease has not ended. Returns that
+    /// claim's fingerprint and lease end.
+    fn owned(
+        &self,
+        shard: &Shard,
+        token: &ClaimToken,
+        h: u64,
+        now: u64,
+    ) -> Result<(Option<u64>, u64)> {
+        match self.current(shard, &token.key, h) {
+            Some((
+                _,
+                Current {
+                    state:
+                        State::Claimed {
+                            fingerprint,
+                            token: t,
+                        },
+                    expires_at,
+                    ..
+                },
+            )) if t == token.id && expires_at > now => Ok((fingerprint, expires_at)),
+            // Invariant (fencing): once the lease ended, or anyone else
+            // claimed, completed, released or removed the key, an old token
+            // changes nothing. (Not "until someone takes over": GC and
+            // recovery forget expired claims, so that would depend on timing.)
+            _ => Err(Error::StaleToken { id: token.id }),
+        }
+    }
+}
+
+impl<F: Vfs> Store<F> {
+    /// Claims `key` for processing, atomically.
+    ///
+    /// `lease`: how long the work may take before another caller may take
+    /// it over (say, a crash). `fingerprint`: a hash of the message payload;
+    /// a later claim of the same key with a different fingerprint fails with
+    /// `Error::FingerprintMismatch` (the ID was reused for a different
+    /// message). `None` skips that check.
+    pub fn claim(&self, key: &[u8], lease: Duration, fingerprint: Option<u64>) -> Result<Claim> {
+        check_key(key)?;
+        check_ttl(lease)?;
+        let inner = self.inner();
+        let now = inner.config.clock.now_ms();
+        let h = hash_key(key);
+        let (answer, need) = {
+            let mut shard = inner.index.lock(shard_of(h));
+            match inner
+                .current(&shard, key, h)
+                .filter(|(_, c)| c.expires_at > now)
+            {
+                Some((_, c)) => {
+                    let at = to_system_time(c.expires_at);
+                    let answer = match c.state {
+                        State::Plain => Claim::Completed {
+                            response: None,
+                            expires_at: at,
+                        },
+                        State::Claimed { fingerprint: f, .. } => {
+                            check_fingerprint(f, fingerprint)?;
+                            Claim::InProgress {
+                                lease_expires_at: at,
+                            }
+                        }
+                        State::Done {
+                            fingerprint: f,
+                            response,
+                        } => {
+                            check_fingerprint(f, fingerprint)?;
+                            Claim::Completed {
+                                response: Some(response),
+                                expires_at: at,
+                            }
+                        }
+                    };
+                    (answer, c.end)
+                }
+                None => {
+                    let expires_at = now.saturating_add(lease.as_millis() as u64);
+                    let mut log = inner.log.lock();
+                    let len = record::body_len(
+                        key.len(),
+                        &Body::Claim {
+                            fingerprint,
+                            token: 0,
+                        },
+                    );
+                    // The token is where the claim record starts: unique.
+                    let token = log.next_lsn(&inner.table, len)?;
+                    let body = Body::Claim { fingerprint, token };
+                    let (seg, off, end) = log.append_body(&inner.table, &body, expires_at, key)?;
+                    drop(log);
+                    inner.point_at(&mut shard, key, h, seg, off, expires_at);
+                    (
+                        Claim::Acquired(ClaimToken {
+                            key: key.to_vec(),
+                            id: token,
+                        }),
+                        end,
+                    )
+                }
+            }
+        };
+        inner.wait_for(need)?;
+        Ok(answer)
+    }
+
+    /// Marks the claimed work done and stores `response` (at most
+    /// [`MAX_RESPONSE_LEN`] bytes) for duplicates, until `ttl` from now.
+    /// Fails with `Error::StaleToken` if the lease has ended, or the claim was
+    /// taken over, released or removed meanwhile: choose a lease longer than
+    /// the work can take.
+    pub fn complete(
+        &self,
+        token: &ClaimToken,
+        response: Option<&[u8]>,
+        ttl: Duration,
+    ) -> Result<()> {
+        check_ttl(ttl)?;
+        let response = response.unwrap_or_default();
+        if response.len() > MAX_RESPONSE_LEN {
+            return Err(Error::ResponseTooLarge {
+                len: response.len(),
+                max: MAX_RESPONSE_LEN,
+            });
+        }
+        let inner = self.inner();
+        let now = inner.config.clock.now_ms();
+        let key = &token.key[..];
+        let h = hash_key(key);
+        let need = {
+            let mut shard = inner.index.lock(shard_of(h));
+            let (fingerprint, _) = inner.owned(&shard, token, h, now)?;
+            let expires_at = now.saturating_add(ttl.as_millis() as u64);
+            let body = Body::Complete {
+                fingerprint,
+                response,
+            };
+            let (seg, off, end) =
+                inner
+                    .log
+                    .lock()
+                    .append_body(&inner.table, &body, expires_at, key)?;
+            inner.point_at(&mut shard, key, h, seg, off, expires_at);
+            end
+        };
+        inner.wait_for(need)
+    }
+
+    /// Gives the claim up (processing failed): the key is forgotten and the
+    /// next delivery can claim it. Fails with `Error::StaleToken` if the
+    /// claim is no longer this token's (as for `complete`).
+    pub fn release(&self, token: &ClaimToken) -> Result<()> {
+        let inner = self.inner();
+        let now = inner.config.clock.now_ms();
+        let key = &token.key[..];
+        let h = hash_key(key);
+        let need = {
+            let mut shard = inner.index.lock(shard_of(h));
+            let (_, lease_end) = inner.owned(&shard, token, h, now)?;
+            let (_, _, end) =
+                inner
+                    .log
+                    .lock()
+                    .append(&inner.table, record::Kind::Remove, lease_end, key)?;
+            shard.remove(tag_of(h), |e| entry_is_key(&inner.table, e, key));
+            end
+        };
+        inner.wait_for(need)
+    }
+}

@@ -1,0 +1,231 @@
+//! claim -> complete / release with leases, fencing and fingerprints.
+
+use std::sync::Mutex;
+use std::time::{Duration, UNIX_EPOCH};
+
+use dedupstore::sim::{CrashMode, SimFs};
+use dedupstore::{Claim, Config, Durability, Error, ManualClock, Outcome, Store, MAX_RESPONSE_LEN};
+
+const T0: u64 = 1_700_000_000_000;
+const LEASE: Duration = Duration::from_secs(30);
+const DAY: Duration = Duration::from_secs(86_400);
+
+fn cfg(clock: &ManualClock) -> Config {
+    Config::default()
+        .segment_size(64 << 10)
+        .gc_interval(None)
+        .clock(clock.clone())
+}
+
+fn acquired(c: Claim) -> dedupstore::ClaimToken {
+    match c {
+        Claim::Acquired(t) => t,
+        other => panic!("expected Acquired, got {other:?}"),
+    }
+}
+
+#[test]
+fn eight_threads_claim_one_key_exactly_one_acquires() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let s = Store::open(dir.path(), cfg(&clock)).unwrap();
+    for round in 0..200u32 {
+        let key = round.to_le_bytes();
+        let answers = Mutex::new(Vec::new());
+        std::thread::scope(|sc| {
+            for t in 0..8 {
+                let (s, answers) = (&s, &answers);
+                sc.spawn(move || {
+                    let c = s.claim(&key, LEASE, Some(round as u64)).unwrap();
+                    if let Claim::Acquired(tok) = &c {
+                        if t % 2 == 0 {
+                            s.complete(tok, Some(b"done"), DAY).unwrap();
+                        }
+                    }
+                    answers.lock().unwrap().push(c);
+                });
+            }
+        });
+        let answers = answers.into_inner().unwrap();
+        let won = answers
+            .iter()
+            .filter(|c| matches!(c, Claim::Acquired(_)))
+            .count();
+        assert_eq!(won, 1, "round {round}: {answers:?}");
+        for c in &answers {
+            match c {
+                Claim::Acquired(_) | Claim::InProgress { .. } => {}
+                Claim::Completed { response, .. } => {
+                    assert_eq!(response.as_deref(), Some(&b"done"[..]))
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_live_claim_survives_power_loss_until_its_lease_ends() {
+    let fs = SimFs::new();
+    let clock = ManualClock::new(T0);
+    let s = Store::open_with(fs.clone(), "/db", cfg(&clock)).unwrap();
+    let tok = acquired(s.claim(b"order-1", LEASE, None).unwrap());
+    let s = {
+        let crashed = fs.crash(CrashMode::DropUnsynced);
+        drop(s);
+        Store::open_with(crashed, "/db", cfg(&clock)).unwrap()
+    };
+    let lease_end = UNIX_EPOCH + Duration::from_millis(T0) + LEASE;
+    assert_eq!(
+        s.claim(b"order-1", LEASE, None).unwrap(),
+        Claim::InProgress {
+            lease_expires_at: lease_end
+        }
+    );
+    assert!(matches!(
+        s.check_and_insert(b"order-1", DAY).unwrap(),
+        Outcome::Duplicate { .. }
+    ));
+    clock.advance(LEASE);
+    // The owner died: after the lease, the next delivery takes over.
+    let tok2 = acquired(s.claim(b"order-1", LEASE, None).unwrap());
+    assert_ne!(tok.id(), tok2.id());
+    // The zombie's token is fenced off.
+    assert!(matches!(
+        s.complete(&tok, Some(b"zombie"), DAY),
+        Err(Error::StaleToken { .. })
+    ));
+    assert!(matches!(s.release(&tok), Err(Error::StaleToken { .. })));
+    s.complete(&tok2, Some(b"real"), DAY).unwrap();
+    match s.claim(b"order-1", LEASE, None).unwrap() {
+        Claim::Completed { response, .. } => assert_eq!(response.as_deref(), Some(&b"real"[..])),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn release_makes_the_key_claimable_again_and_tokens_are_single_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let s = Store::open(dir.path(), cfg(&clock)).unwrap();
+    let tok = acquired(s.claim(b"k", LEASE, None).unwrap());
+    s.release(&tok).unwrap();
+    assert!(!s.contains(b"k").unwrap());
+    assert!(matches!(s.release(&tok), Err(Error::StaleToken { .. })));
+    assert!(matches!(
+        s.complete(&tok, None, DAY),
+        Err(Error::StaleToken { .. })
+    ));
+    let tok2 = acquired(s.claim(b"k", LEASE, None).unwrap());
+    s.complete(&tok2, None, DAY).unwrap();
+    assert!(
+        matches!(s.complete(&tok2, None, DAY), Err(Error::StaleToken { .. })),
+        "completed once only"
+    );
+    assert_eq!(
+        s.claim(b"k", LEASE, None).unwrap(),
+        Claim::Completed {
+            response: Some(vec![]),
+            expires_at: UNIX_EPOCH + Duration::from_millis(T0) + DAY
+        }
+    );
+    drop(s);
+    // The release survives a reopen too.
+    let s = Store::open(dir.path(), cfg(&clock)).unwrap();
+    assert!(s.contains(b"k").unwrap());
+    // A plain check_and_insert record counts as completed without a response.
+    s.check_and_insert(b"plain", DAY).unwrap();
+    assert!(matches!(
+        s.claim(b"plain", LEASE, None).unwrap(),
+        Claim::Completed { response: None, .. }
+    ));
+}
+
+#[test]
+fn a_different_fingerprint_is_a_mismatch() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let s = Store::open(dir.path(), cfg(&clock)).unwrap();
+    let tok = acquired(s.claim(b"pay-9", LEASE, Some(0xAAAA)).unwrap());
+    assert!(matches!(
+        s.claim(b"pay-9", LEASE, Some(0xBBBB)),
+        Err(Error::FingerprintMismatch {
+            stored: 0xAAAA,
+            given: 0xBBBB
+        })
+    ));
+    assert!(matches!(
+        s.claim(b"pay-9", LEASE, Some(0xAAAA)).unwrap(),
+        Claim::InProgress { .. }
+    ));
+    assert!(
+        matches!(
+            s.claim(b"pay-9", LEASE, None).unwrap(),
+            Claim::InProgress { .. }
+        ),
+        "None skips the check"
+    );
+    s.complete(&tok, Some(b"ok"), DAY).unwrap();
+    assert!(matches!(
+        s.claim(b"pay-9", LEASE, Some(0xBBBB)),
+        Err(Error::FingerprintMismatch { .. })
+    ));
+    assert!(matches!(
+        s.claim(b"pay-9", LEASE, Some(0xAAAA)).unwrap(),
+        Claim::Completed { .. }
+    ));
+}
+
+#[test]
+fn the_response_survives_reopen_power_loss_and_compaction_byte_exact() {
+    let fs = SimFs::new();
+    let clock = ManualClock::new(T0);
+    let s = Store::open_with(
+        fs.clone(),
+        "/db",
+        cfg(&clock).durability(Durability::Immediate),
+    )
+    .unwrap();
+    let mut rng = fastrand::Rng::with_seed(1);
+    let responses: Vec<Vec<u8>> = (0..40)
+        .map(|i| {
+            (0..rng.usize(0..=MAX_RESPONSE_LEN.min(4000 * i + 1)))
+                .map(|_| rng.u8(..))
+                .collect()
+        })
+        .collect();
+    for (i, r) in responses.iter().enumerate() {
+        let tok = acquired(
+            s.claim(format!("k{i}").as_bytes(), LEASE, Some(i as u64))
+                .unwrap(),
+        );
+        s.complete(&tok, Some(r), DAY).unwrap();
+        // Short-lived filler so that compaction has something to drop.
+        for j in 0..50 {
+            s.check_and_insert(format!("f{i}-{j}").as_bytes(), Duration::from_secs(1))
+                .unwrap();
+        }
+    }
+    let too_big = vec![0u8; MAX_RESPONSE_LEN + 1];
+    let tok = acquired(s.claim(b"big", LEASE, None).unwrap());
+    assert!(matches!(
+        s.complete(&tok, Some(&too_big), DAY),
+        Err(Error::ResponseTooLarge { .. })
+    ));
+    clock.advance(Duration::from_secs(5));
+    let report = s.compact().unwrap();
+    assert!(report.segments_compacted > 0, "{report:?}");
+    let crashed = fs.crash(CrashMode::DropUnsynced);
+    drop(s);
+    let s = Store::open_with(crashed, "/db", cfg(&clock)).unwrap();
+    for (i, r) in responses.iter().enumerate() {
+        match s
+            .claim(format!("k{i}").as_bytes(), LEASE, Some(i as u64))
+            .unwrap()
+        {
+            Claim::Completed { response, .. } => {
+                assert_eq!(response.as_deref(), Some(&r[..]), "response {i}")
+            }
+            other => panic!("key {i}: {other:?}"),
+        }
+    }
+}
