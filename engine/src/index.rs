@@ -61,6 +61,20 @@ impl Shard {
             .copied()
     }
 
+    /// The key's slot, found in one probe: occupied by its entry, or vacant
+    /// (room reserved) for it.
+    pub fn entry(
+        &mut self,
+        tag: u32,
+        mut is_key: impl FnMut(&Entry) -> bool,
+    ) -> hashbrown::hash_table::Entry<'_, Entry> {
+        self.table.entry(
+            spread(tag),
+            |e| e.tag == tag && is_key(e),
+            |e| spread(e.tag),
+        )
+    }
+
     /// Inserts or replaces the entry for the key that `is_key` confirms.
     pub fn upsert(&mut self, entry: Entry, mut is_key: impl FnMut(&Entry) -> bool) {
         let tag = entry.tag;

@@ -303,10 +303,15 @@ impl<F: Vfs> Segment<F> {
         *self.lock_watermark()
     }
 
-    /// Accounts for a record appended or recovered.
+    /// Accounts for a record appended or recovered. Only one thread at a
+    /// time writes a segment (the log writer under its lock, or the recovery
+    /// scanner), so plain loads and stores suffice: no read-modify-write.
     pub fn note_record(&self, expires_at: u64) {
-        self.max_expiry.fetch_max(expires_at, Ordering::Relaxed);
-        self.records.fetch_add(1, Ordering::Relaxed);
+        if expires_at > self.max_expiry.load(Ordering::Relaxed) {
+            self.max_expiry.store(expires_at, Ordering::Relaxed);
+        }
+        self.records
+            .store(self.records.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
     }
 
     pub fn max_expiry(&self) -> u64 {

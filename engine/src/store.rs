@@ -483,13 +483,27 @@ impl<F: Vfs> Inner<F> {
         now: u64,
         expires_at: u64,
     ) -> Result<(Outcome, Lsn)> {
-        if let Some(live) = self.find_live(shard, key, h, now) {
-            return Ok((
-                Outcome::Duplicate {
-                    expires_at: to_system_time(live.expires_at),
-                },
-                live.end,
-            ));
+        let tag = tag_of(h);
+        // One probe of the table: the slot found is either the key's entry
+        // or where it goes.
+        let slot = shard.entry(tag, |e| entry_is_key(&self.table, e, key));
+        if let hashbrown::hash_table::Entry::Occupied(o) = &slot {
+            let e = *o.get();
+            let live = self.table.with(e.seg, |s| {
+                let rec = record_at(s, e.off);
+                (
+                    record::expires_at_of(rec),
+                    lsn(e.seg, e.off as usize + rec.len()),
+                )
+            });
+            if let Some((exp, end)) = live.filter(|&(exp, _)| exp > now) {
+                return Ok((
+                    Outcome::Duplicate {
+                        expires_at: to_system_time(exp),
+                    },
+                    end,
+                ));
+            }
         }
         let (seg, off, end) = match appender {
             Some(a) => a.append(&self.table, Kind::Insert, expires_at, key)?,
@@ -501,15 +515,18 @@ impl<F: Vfs> Inner<F> {
         // Invariant: the record is in the log before the index points at it,
         // and both happen under the shard lock, so a racing call for the same
         // key sees either nothing (and waits on the lock) or this insert.
-        shard.upsert(
-            Entry {
-                tag: tag_of(h),
-                seg,
-                off,
-                exp_s: exp_secs(expires_at),
-            },
-            |e| entry_is_key(&self.table, e, key),
-        );
+        let entry = Entry {
+            tag,
+            seg,
+            off,
+            exp_s: exp_secs(expires_at),
+        };
+        match slot {
+            hashbrown::hash_table::Entry::Occupied(mut o) => *o.get_mut() = entry,
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                v.insert(entry);
+            }
+        }
         Ok((Outcome::Inserted, end))
     }
 
