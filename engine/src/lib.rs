@@ -24,7 +24,9 @@ pub mod sim;
 pub mod internals {
     pub use crate::index::{hash_key, shard_of, tag_of, Entry, Shard};
     pub use crate::meta::check as check_meta;
-    pub use crate::record::{decode, encode, encoded_len, Decoded, Kind, Record};
+    pub use crate::record::{
+        body_len, decode, encode, encode_body, encoded_len, Body, Decoded, Kind, Record,
+    };
     pub use crate::segment::check_header as check_segment_header;
 }
 

@@ -209,7 +209,14 @@ pub fn decode(buf: &[u8]) -> Decoded<'_> {
     if crc32fast::hash(&rec[4..]) != stored {
         return Decoded::Invalid("record checksum mismatch");
     }
-    let fingerprint = (flags & FLAG_FINGERPRINT != 0).then(|| u64_at(rec, k));
+    let fingerprint = match (kind, flags & FLAG_FINGERPRINT != 0) {
+        (Kind::Claim | Kind::Complete, true) => Some(u64_at(rec, k)),
+        // One encoding per record: without the flag the field must be zero.
+        (Kind::Claim | Kind::Complete, false) if u64_at(rec, k) != 0 => {
+            return Decoded::Invalid("fingerprint field set without its flag")
+        }
+        _ => None,
+    };
     let body = match kind {
         Kind::Insert => Body::Insert,
         Kind::Remove => Body::Remove,
@@ -316,6 +323,43 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+    }
+
+    /// Found by the record_decode fuzzer: a valid complete record must
+    /// re-encode to the same bytes (the fuzz target re-encoded it as an
+    /// insert), and a fingerprint field without its flag is refused.
+    #[test]
+    fn fuzz_regression_complete_record_round_trips() {
+        let input: [u8; 39] = [
+            239, 203, 79, 246, 4, 0, 2, 0, 0, 0, 0, 202, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            0, 0, 0, 0, 4, 0, 123, 123, 123, 123, 123, 123, 123,
+        ];
+        let Decoded::Record(rec, len) = decode(&input) else {
+            panic!("valid record")
+        };
+        assert_eq!(
+            rec.body,
+            Body::Complete {
+                fingerprint: None,
+                response: b""
+            }
+        );
+        let mut again = vec![0u8; body_len(rec.key.len(), &rec.body)];
+        encode_body(&mut again, &rec.body, rec.expires_at, rec.key);
+        assert_eq!(&again[..], &input[..len]);
+
+        let mut flagless = enc(
+            Body::Claim {
+                fingerprint: Some(9),
+                token: 1,
+            },
+            5,
+            b"k",
+        );
+        flagless[5] = 0;
+        let crc = crc32fast::hash(&flagless[4..]);
+        flagless[0..4].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(decode(&flagless), Decoded::Invalid(_)));
     }
 
     #[test]
