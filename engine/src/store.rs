@@ -149,9 +149,12 @@ impl<F: Vfs> Store<F> {
         let table = SegmentTable::default();
         let rec = recovery::recover(&*fs, &dir, &config, &table, &mut index)?;
         // Whatever recovery found may sit only in the page cache (a process
-        // crash before its sync). Sync it now, so that no answer given from
-        // here on relies on data that a power loss could still take away.
-        rec.active.sync(0, rec.end)?;
+        // crash before its sync), and the torn-tail cleanup wrote zeros past
+        // `end`. Sync the whole segment now (only dirty pages are written),
+        // so that no answer given from here on relies on data a power loss
+        // could take away, and stale tail records cannot reappear behind
+        // new appends.
+        rec.active.sync(0, rec.active.capacity())?;
         rec.active.persist_watermark(rec.end as u64)?;
         let commit = Commit::default();
         commit.mark_synced(lsn(rec.active.id, rec.end));

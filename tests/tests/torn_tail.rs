@@ -132,3 +132,27 @@ fn real_files_truncated_mid_record_recover() {
         "segment re-extended to its full size"
     );
 }
+
+#[test]
+fn the_cleaned_tail_is_durable_before_the_store_is_used() {
+    // Recovery zeroes stale records after a gap. That cleanup must reach the
+    // disk before anything is appended after it, or a power loss brings the
+    // stale records back behind the new ones.
+    let (fs, ends) = image(400);
+    let path = Path::new("/db").join(SEG);
+    let mut bytes = fs.read_file(&path).unwrap();
+    bytes[ends[100]..ends[101]].fill(0);
+    fs.write_file(&path, &bytes);
+    let s = Store::open_with(fs.clone(), "/db", cfg()).unwrap();
+    assert!(s.stats().truncated_records > 0);
+    // Power loss right after the open, before any write.
+    let crashed = fs.crash(CrashMode::DropUnsynced);
+    drop(s);
+    let s = Store::open_with(crashed, "/db", cfg()).unwrap();
+    assert_eq!(
+        s.stats().truncated_records,
+        0,
+        "stale records came back after the cleanup"
+    );
+    assert_eq!(s.stats().indexed_keys, 100);
+}
