@@ -262,13 +262,8 @@ impl<F: Vfs> Store<F> {
                 max: MAX_RESPONSE_LEN,
             });
         }
-        let inner = self.inner();
-        let now = inner.config.clock.now_ms();
-        let key = &token.key[..];
-        let h = hash_key(key);
-        let need = {
-            let mut shard = inner.index.lock(shard_of(h));
-            let (fingerprint, _) = inner.owned(&shard, token, h, now)?;
+        self.transition(token, |inner, shard, h, now, fingerprint, _| {
+            let key = &token.key[..];
             let expires_at = now.saturating_add(ttl.as_millis() as u64);
             let body = Body::Complete {
                 fingerprint,
@@ -279,30 +274,42 @@ impl<F: Vfs> Store<F> {
                     .log
                     .lock()
                     .append_body(&inner.table, &body, expires_at, key)?;
-            inner.point_at(&mut shard, key, h, seg, off, expires_at);
-            end
-        };
-        inner.wait_for(need)
+            inner.point_at(shard, key, h, seg, off, expires_at);
+            Ok(end)
+        })
     }
 
     /// Gives the claim up (processing failed): the key is forgotten and the
     /// next delivery can claim it. Fails with `Error::StaleToken` if the
     /// claim is no longer this token's (as for `complete`).
     pub fn release(&self, token: &ClaimToken) -> Result<()> {
-        let inner = self.inner();
-        let now = inner.config.clock.now_ms();
-        let key = &token.key[..];
-        let h = hash_key(key);
-        let need = {
-            let mut shard = inner.index.lock(shard_of(h));
-            let (_, lease_end) = inner.owned(&shard, token, h, now)?;
+        self.transition(token, |inner, shard, h, _, _, lease_end| {
+            let key = &token.key[..];
             let (_, _, end) =
                 inner
                     .log
                     .lock()
                     .append(&inner.table, record::Kind::Remove, lease_end, key)?;
             shard.remove(tag_of(h), |e| entry_is_key(&inner.table, e, key));
-            end
+            Ok(end)
+        })
+    }
+
+    /// Runs `step` with the token's key locked, once the token is checked to
+    /// own it (fingerprint and lease end passed along), then waits for the
+    /// record `step` appended to be as durable as the mode promises.
+    fn transition(
+        &self,
+        token: &ClaimToken,
+        step: impl FnOnce(&Inner<F>, &mut Shard, u64, u64, Option<u64>, u64) -> Result<Lsn>,
+    ) -> Result<()> {
+        let inner = self.inner();
+        let now = inner.config.clock.now_ms();
+        let h = hash_key(&token.key);
+        let need = {
+            let mut shard = inner.index.lock(shard_of(h));
+            let (fingerprint, lease_end) = inner.owned(&shard, token, h, now)?;
+            step(inner, &mut shard, h, now, fingerprint, lease_end)?
         };
         inner.wait_for(need)
     }

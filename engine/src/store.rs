@@ -309,9 +309,7 @@ impl<F: Vfs> Store<F> {
             shard.remove(tag_of(h), |e| entry_is_key(&inner.table, e, key));
             end
         };
-        if inner.config.durability == Durability::Immediate {
-            inner.commit.wait_durable(&inner.log, need)?;
-        }
+        inner.wait_for(need)?;
         Ok(true)
     }
 
