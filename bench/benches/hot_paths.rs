@@ -40,7 +40,7 @@ fn hot_paths(c: &mut Criterion) {
             tag: tag_of(hash_key(k)),
             seg: 1,
             off: n as u32,
-            exp_s: 0,
+            keep_s: 0,
         };
         shard.upsert(e, |_| false);
     }

@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::clock::to_system_time;
 use crate::error::{Error, Result};
-use crate::index::{exp_secs, hash_key, shard_of, tag_of, Entry, Shard};
+use crate::index::{hash_key, keep_secs, shard_of, tag_of, Entry, Shard};
 use crate::log::{record_at, Lsn};
 use crate::record::{self, Body, Decoded, MAX_RESPONSE_LEN};
 use crate::recovery::entry_is_key;
@@ -63,6 +63,8 @@ pub enum Claim {
 
 /// The state of a key as its latest record tells it.
 enum State {
+    /// A removal (or release): absent, whatever its expiry field says.
+    Removed,
     Plain,
     Claimed {
         fingerprint: Option<u64>,
@@ -102,6 +104,7 @@ impl<F: Vfs> Inner<F> {
                     return None;
                 };
                 let state = match r.body {
+                    Body::Remove => State::Removed,
                     Body::Claim { fingerprint, token } => State::Claimed { fingerprint, token },
                     Body::Complete {
                         fingerprint,
@@ -124,13 +127,21 @@ impl<F: Vfs> Inner<F> {
             .flatten()
     }
 
+    /// The horizon a new record for the key must carry: its own expiry, or
+    /// later if the key's current entry still shadows something longer.
+    fn horizon_for(&self, shard: &Shard, key: &[u8], h: u64, expires_at: u64) -> u64 {
+        shard
+            .find(tag_of(h), |e| entry_is_key(&self.table, e, key))
+            .map_or(expires_at, |e| e.horizon_ms().max(expires_at))
+    }
+
     /// Points the key's index entry at its newly appended record.
-    fn point_at(&self, shard: &mut Shard, key: &[u8], h: u64, seg: u32, off: u32, expires_at: u64) {
+    fn point_at(&self, shard: &mut Shard, key: &[u8], h: u64, seg: u32, off: u32, horizon: u64) {
         let entry = Entry {
             tag: tag_of(h),
             seg,
             off,
-            exp_s: exp_secs(expires_at),
+            keep_s: keep_secs(horizon),
         };
         shard.upsert(entry, |e| entry_is_key(&self.table, e, key));
     }
@@ -185,11 +196,12 @@ impl<F: Vfs> Store<F> {
             let mut shard = inner.index.lock(shard_of(h));
             match inner
                 .current(&shard, key, h)
-                .filter(|(_, c)| c.expires_at > now)
+                .filter(|(_, c)| !matches!(c.state, State::Removed) && c.expires_at > now)
             {
                 Some((_, c)) => {
                     let at = to_system_time(c.expires_at);
                     let answer = match c.state {
+                        State::Removed => unreachable!("filtered out above"),
                         State::Plain => Claim::Completed {
                             response: None,
                             expires_at: at,
@@ -205,8 +217,9 @@ impl<F: Vfs> Store<F> {
                             response,
                         } => {
                             check_fingerprint(f, fingerprint)?;
+                            // An empty response is stored as none.
                             Claim::Completed {
-                                response: Some(response),
+                                response: (!response.is_empty()).then_some(response),
                                 expires_at: at,
                             }
                         }
@@ -215,6 +228,7 @@ impl<F: Vfs> Store<F> {
                 }
                 None => {
                     let expires_at = now.saturating_add(lease.as_millis() as u64);
+                    let horizon = inner.horizon_for(&shard, key, h, expires_at);
                     let mut log = inner.log.lock();
                     let len = record::body_len(
                         key.len(),
@@ -226,9 +240,10 @@ impl<F: Vfs> Store<F> {
                     // The token is where the claim record starts: unique.
                     let token = log.next_lsn(&inner.table, len)?;
                     let body = Body::Claim { fingerprint, token };
-                    let (seg, off, end) = log.append_body(&inner.table, &body, expires_at, key)?;
+                    let (seg, off, end) =
+                        log.append_body(&inner.table, &body, expires_at, key, horizon)?;
                     drop(log);
-                    inner.point_at(&mut shard, key, h, seg, off, expires_at);
+                    inner.point_at(&mut shard, key, h, seg, off, horizon);
                     (
                         Claim::Acquired(ClaimToken {
                             key: key.to_vec(),
@@ -245,6 +260,8 @@ impl<F: Vfs> Store<F> {
 
     /// Marks the claimed work done and stores `response` (at most
     /// [`MAX_RESPONSE_LEN`] bytes) for duplicates, until `ttl` from now.
+    /// `None` and an empty response are the same: later claims see
+    /// `Completed { response: None }`.
     /// Fails with `Error::StaleToken` if the lease has ended, or the claim was
     /// taken over, released or removed meanwhile: choose a lease longer than
     /// the work can take.
@@ -269,12 +286,15 @@ impl<F: Vfs> Store<F> {
                 fingerprint,
                 response,
             };
+            // The claim's lease is part of the horizon: a completion shorter
+            // than the remaining lease must not let the claim come back.
+            let horizon = inner.horizon_for(shard, key, h, expires_at);
             let (seg, off, end) =
                 inner
                     .log
                     .lock()
-                    .append_body(&inner.table, &body, expires_at, key)?;
-            inner.point_at(shard, key, h, seg, off, expires_at);
+                    .append_body(&inner.table, &body, expires_at, key, horizon)?;
+            inner.point_at(shard, key, h, seg, off, horizon);
             Ok(end)
         })
     }
@@ -285,12 +305,17 @@ impl<F: Vfs> Store<F> {
     pub fn release(&self, token: &ClaimToken) -> Result<()> {
         self.transition(token, |inner, shard, h, _, _, lease_end| {
             let key = &token.key[..];
-            let (_, _, end) =
-                inner
-                    .log
-                    .lock()
-                    .append(&inner.table, record::Kind::Remove, lease_end, key)?;
-            shard.remove(tag_of(h), |e| entry_is_key(&inner.table, e, key));
+            // Like `remove`: the removal keeps its entry until the horizon,
+            // so nothing older can come back before then.
+            let horizon = inner.horizon_for(shard, key, h, lease_end);
+            let (seg, off, end) = inner.log.lock().append(
+                &inner.table,
+                record::Kind::Remove,
+                horizon,
+                key,
+                horizon,
+            )?;
+            inner.point_at(shard, key, h, seg, off, horizon);
             Ok(end)
         })
     }

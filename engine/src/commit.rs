@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::log::{lsn, Log, Lsn};
 use crate::vfs::Vfs;
 
@@ -35,9 +35,7 @@ impl Commit {
         loop {
             // Invariant: nothing is reported durable after a failed sync,
             // even if a later sync seemed to succeed (fsyncgate).
-            if log.poisoned.load(Ordering::Acquire) {
-                return Err(Error::SyncFailed);
-            }
+            log.poison.check()?;
             if self.synced() >= target {
                 return Ok(());
             }
@@ -62,11 +60,9 @@ impl Commit {
         // Older segments were fully synced when they were sealed (see
         // `Appender::roll`), so the active one is all that can be dirty.
         // The range starts at 0 so the header page, holding the previous
-        // watermark, is written too.
-        if let Err(e) = seg.sync(0, end) {
-            log.poisoned.store(true, Ordering::Release);
-            return Err(e);
-        }
+        // watermark, is written too. A failure poisons the store (the sync
+        // runs through the poison gate).
+        seg.sync(0, end)?;
         seg.set_watermark(end as u64);
         self.synced.fetch_max(lsn(seg.id, end), Ordering::AcqRel);
         Ok(())

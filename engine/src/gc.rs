@@ -4,16 +4,32 @@
 //! Every step holds at most one shard lock (plus the short log-append lock)
 //! at a time, so check-and-insert goes on during GC.
 //!
+//! What may be dropped (the rule every step follows): a record may go only
+//! if replaying what remains gives the same answer for its key at every
+//! future time. Each index entry carries its key's *horizon*, the latest
+//! expiry of its record and of every older record of the key that it
+//! shadows (`index::Entry::keep_s`). So:
+//! - a segment goes whole once the latest horizon of its records has passed
+//!   (then nothing in it, nor anything older it shadows, can matter);
+//! - compaction copies forward exactly the records the index points at whose
+//!   horizon has not passed (removals included: a removal keeps its entry
+//!   while the insert it removed could still be live in an older segment);
+//!   any other record is superseded by a later one whose horizon covers it.
+//!
 //! Crash safety of compaction (a crash between any two steps loses nothing):
-//! 1. live records of segment S are appended again at the log head, and the
-//!    index is pointed at each copy under its shard lock;
-//! 2. the copies are synced;
+//! 1. the needed records of segment S are appended again at the log head,
+//!    and the index is pointed at each copy under its shard lock;
+//! 2. the whole log up to its head is synced (this also covers copies made
+//!    by an earlier run that failed before its sync);
 //! 3. S is removed from the segment table, unlinked, and the directory synced.
 //!
 //! A crash before 3 leaves S beside its copies: replay applies S first and the
 //! copies later, so every key ends in the same state, and the next GC run
 //! reclaims S again. Nothing is half-written outside the log, so there is no
 //! orphan to clean up beyond the `*.tmp` files recovery already removes.
+//!
+//! GC never runs on a poisoned store (a sync failed): the copies it would rely
+//! on might not be on disk, so it must not delete what they replace.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,7 +38,8 @@ use std::time::Instant;
 
 use crate::error::{io_err, Error, Result};
 use crate::index::{hash_key, shard_of, tag_of, Entry, SHARDS};
-use crate::record::{self, Decoded, Kind};
+use crate::log::lsn;
+use crate::record::{self, Decoded};
 use crate::recovery::entry_is_key;
 use crate::segment::{Segment, HEADER_LEN};
 use crate::store::Inner;
@@ -57,12 +74,14 @@ pub struct GcReport {
     pub bytes_reclaimed: u64,
 }
 
-/// An entry certainly expired at `now_ms`: its expiry second is rounded up.
+/// An entry whose horizon has certainly passed at `now_ms`.
 pub fn certainly_expired(e: &Entry, now_ms: u64) -> bool {
-    (e.exp_s as u64) * 1000 <= now_ms
+    e.past_horizon(now_ms)
 }
 
-/// Live index entries per segment id, counted shard by shard.
+/// Index entries per segment id whose horizon has not passed (present keys,
+/// and removals or expired records that still shadow an older record),
+/// counted shard by shard; and the number of entries past their horizon.
 pub fn live_per_segment<F: Vfs>(inner: &Inner<F>, now_ms: u64) -> (HashMap<u32, u64>, u64) {
     let mut live = HashMap::new();
     let mut expired = 0;
@@ -84,6 +103,7 @@ impl<F: Vfs> Inner<F> {
     /// fraction is below this (1.0 compacts any segment with a dead record).
     pub(crate) fn gc(&self, compact_below: f64) -> Result<GcReport> {
         let _one_at_a_time = self.gc_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.log.poison.check()?;
         let started = Instant::now();
         let now = self.config.clock.now_ms();
         let mut report = GcReport::default();
@@ -121,12 +141,12 @@ impl<F: Vfs> Inner<F> {
             if seg.id >= active.id {
                 continue;
             }
-            if seg.max_expiry() <= now {
+            if seg.max_horizon() <= now {
                 report.bytes_reclaimed += seg.capacity() as u64;
                 self.delete_segment(seg)?;
                 report.segments_deleted += 1;
             } else if seg.records() > 0 && (live as f64) < compact_below * seg.records() as f64 {
-                report.records_copied += self.compact_segment(seg, now)?;
+                report.records_copied += self.compact_segment(seg, now, false)?;
                 report.bytes_reclaimed += seg.capacity() as u64;
                 report.segments_compacted += 1;
             }
@@ -149,17 +169,28 @@ impl<F: Vfs> Inner<F> {
         Ok(report)
     }
 
-    /// Copies the live records of sealed segment `seg` to the log head, syncs
-    /// them, then deletes `seg`. Returns the records copied.
-    fn compact_segment(&self, seg: &Arc<Segment<F>>, now: u64) -> Result<u64> {
+    /// Copies the needed records of sealed segment `seg` to the log head,
+    /// syncs the log, then deletes `seg`. Returns the records copied.
+    /// `salvage`: skip damaged bytes instead of failing (a store opened with
+    /// `RecoveryMode::Salvage` rewrites its damaged segments this way).
+    pub(crate) fn compact_segment(
+        &self,
+        seg: &Arc<Segment<F>>,
+        now: u64,
+        salvage: bool,
+    ) -> Result<u64> {
         let mut off = HEADER_LEN;
         let mut copied = 0;
-        let mut last_copy = 0;
         // Read to the end of the records, not just to the watermark: every
         // record the index may point at must be looked at.
         while off < seg.capacity() {
             let (rec, len) = match record::decode(seg.read(off, seg.capacity() - off)) {
                 Decoded::Record(rec, len) => (rec, len),
+                Decoded::End if !salvage => break,
+                Decoded::End | Decoded::Invalid(_) if salvage => {
+                    off += 1;
+                    continue;
+                }
                 Decoded::End => break,
                 // Sealed segments were checked on open or written by us.
                 Decoded::Invalid(_) => {
@@ -172,61 +203,60 @@ impl<F: Vfs> Inner<F> {
             };
             let h = hash_key(rec.key);
             let mut shard = self.index.lock(shard_of(h));
-            let current = shard.find(tag_of(h), |e| entry_is_key(&self.table, e, rec.key));
-            let copy = match rec.kind {
-                // Only the record the index points at is the key's latest.
-                Kind::Insert | Kind::Claim | Kind::Complete => {
-                    current.is_some_and(|e| e.seg == seg.id && e.off as usize == off)
-                        && rec.expires_at > now
-                }
-                // Invariant (no resurrection): a removal is kept while the
-                // record it removed could still be live in an older segment,
-                // unless a later record for the key supersedes it anyway.
-                Kind::Remove => current.is_none() && rec.expires_at > now,
-            };
-            if copy {
+            let is_here = |e: &Entry| e.seg == seg.id && e.off as usize == off;
+            // Only the record the index points at can be needed (any other
+            // is superseded by a later record whose horizon covers it), and
+            // only until its horizon.
+            let needed = shard
+                .find(tag_of(h), |e| entry_is_key(&self.table, e, rec.key))
+                .filter(|e| is_here(e) && !e.past_horizon(now));
+            if let Some(cur) = needed {
                 let raw = seg.read(off, len);
-                let (new_seg, new_off, end_lsn) =
+                let (new_seg, new_off, _) =
                     self.log
                         .lock()
-                        .append_raw(&self.table, raw, rec.expires_at)?;
-                if let (true, Some(cur)) = (rec.kind != Kind::Remove, current) {
-                    // Switch the key over to its copy (found by location).
-                    shard.upsert(
-                        Entry {
-                            seg: new_seg,
-                            off: new_off,
-                            ..cur
-                        },
-                        |e| e.seg == seg.id && e.off as usize == off,
-                    );
-                }
+                        .append_raw(&self.table, raw, cur.horizon_ms())?;
+                // Switch the key over to its copy (found by location).
+                shard.upsert(
+                    Entry {
+                        seg: new_seg,
+                        off: new_off,
+                        ..cur
+                    },
+                    is_here,
+                );
                 copied += 1;
-                last_copy = end_lsn;
             }
             drop(shard);
             off += len;
         }
-        // The copies must be durable before the original goes.
-        if last_copy > 0 {
-            self.commit.wait_durable(&self.log, last_copy)?;
-        }
+        // Invariant: no segment is unlinked while a record it holds is
+        // needed and its copy is not durable. Sync the whole log, not just
+        // this run's copies: an earlier run may have switched the index to
+        // copies whose sync failed, and then found nothing left to copy.
+        let (head, end) = self.log.head();
+        self.commit.wait_durable(&self.log, lsn(head.id, end))?;
         self.delete_segment(seg)?;
         Ok(copied)
     }
 
     /// Removes a sealed segment. Index entries still pointing into it are
-    /// expired; they answer as absent (their segment is gone) until the next
-    /// sweep drops them.
+    /// past their horizon; they answer as absent (their segment is gone)
+    /// until the next sweep drops them. If the unlink fails, the segment
+    /// goes back into the table, so it stays readable and the next run
+    /// retries instead of leaking the file until restart.
     fn delete_segment(&self, seg: &Arc<Segment<F>>) -> Result<()> {
+        self.log.poison.check()?;
         self.table.remove(seg.id);
-        self.log
-            .fs
-            .remove(&seg.path)
-            .map_err(io_err("remove segment", &seg.path))?;
-        self.log
-            .fs
-            .sync_dir(&self.dir)
-            .map_err(io_err("fsync dir", &self.dir))
+        if let Err(e) = self.log.fs.remove(&seg.path) {
+            self.table.insert(seg.clone());
+            return Err(io_err("remove segment", &seg.path)(e));
+        }
+        self.log.poison.sync(|| {
+            self.log
+                .fs
+                .sync_dir(&self.dir)
+                .map_err(io_err("fsync dir", &self.dir))
+        })
     }
 }

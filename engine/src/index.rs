@@ -1,7 +1,7 @@
 //! The in-memory index: key hash -> record location, sharded by hash.
 //!
 //! Each entry is 16 bytes: a 32-bit tag from the key's hash, the record's
-//! segment and offset, and its expiry rounded up to the second. A lookup that
+//! segment and offset, and the key's horizon rounded up to the second. A lookup that
 //! matches a tag is always confirmed against the full key in the log before it
 //! counts, so the index is exact: hash collisions cost a comparison, never a
 //! wrong answer. A miss touches no log byte unless two different keys in one
@@ -20,9 +20,17 @@ pub struct Entry {
     pub tag: u32,
     pub seg: u32,
     pub off: u32,
-    /// Expiry in whole seconds, rounded up: when `now_s >= exp_s` the record
-    /// has certainly expired (GC relies on this never being early).
-    pub exp_s: u32,
+    /// The key's *horizon* in whole seconds, rounded up: the latest expiry of
+    /// the record the entry points at and of every older record of the key
+    /// that it shadows (an insert it replaced, a claim whose lease a shorter
+    /// completion ended, the insert a removal removed). Until it has passed,
+    /// the entry and its record are kept, so no older record can come back
+    /// once a shorter-lived newer one is gone. `u32::MAX` means never (an
+    /// expiry past 2106): such an entry is never dropped by time.
+    ///
+    /// Whether the key is present is decided by its record (kind and exact
+    /// expiry in milliseconds), read from the log.
+    pub keep_s: u32,
 }
 
 pub fn hash_key(key: &[u8]) -> u64 {
@@ -43,8 +51,28 @@ fn spread(tag: u32) -> u64 {
     (tag as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
-pub fn exp_secs(expires_ms: u64) -> u32 {
-    expires_ms.div_ceil(1000).min(u32::MAX as u64) as u32
+/// A horizon in ms as stored in an entry: seconds rounded up, saturating to
+/// `u32::MAX` = never, so the stored value is never earlier than the real one.
+pub fn keep_secs(horizon_ms: u64) -> u32 {
+    u32::try_from(horizon_ms.div_ceil(1000)).unwrap_or(u32::MAX)
+}
+
+impl Entry {
+    /// The horizon in ms, rounded up (`u64::MAX` for never).
+    pub fn horizon_ms(&self) -> u64 {
+        if self.keep_s == u32::MAX {
+            u64::MAX
+        } else {
+            self.keep_s as u64 * 1000
+        }
+    }
+
+    /// True once the horizon has certainly passed at `now_ms`: the entry and
+    /// its record no longer matter. Never early (rounded up), never true for
+    /// a saturated horizon.
+    pub fn past_horizon(&self, now_ms: u64) -> bool {
+        self.horizon_ms() <= now_ms
+    }
 }
 
 #[derive(Default)]
@@ -191,13 +219,13 @@ mod tests {
             tag: 7,
             seg: 1,
             off: 64,
-            exp_s: 10,
+            keep_s: 10,
         };
         let b = Entry {
             tag: 7,
             seg: 1,
             off: 96,
-            exp_s: 20,
+            keep_s: 20,
         };
         s.upsert(a, |e| e.off == 64);
         s.upsert(b, |e| e.off == 96);
@@ -214,11 +242,22 @@ mod tests {
     }
 
     #[test]
-    fn exp_secs_rounds_up() {
-        assert_eq!(exp_secs(0), 0);
-        assert_eq!(exp_secs(1), 1);
-        assert_eq!(exp_secs(1000), 1);
-        assert_eq!(exp_secs(1001), 2);
-        assert_eq!(exp_secs(u64::MAX), u32::MAX);
+    fn keep_secs_rounds_up_and_saturates_to_never() {
+        assert_eq!(keep_secs(0), 0);
+        assert_eq!(keep_secs(1), 1);
+        assert_eq!(keep_secs(1000), 1);
+        assert_eq!(keep_secs(1001), 2);
+        assert_eq!(keep_secs(u64::MAX), u32::MAX);
+        // 2106-02-07 and later: saturated, so never past.
+        let e = Entry {
+            tag: 0,
+            seg: 1,
+            off: 64,
+            keep_s: keep_secs((u32::MAX as u64 + 10) * 1000),
+        };
+        assert!(!e.past_horizon(u64::MAX - 1));
+        let e = Entry { keep_s: 5, ..e };
+        assert!(!e.past_horizon(4_999));
+        assert!(e.past_horizon(5_000));
     }
 }

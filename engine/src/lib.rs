@@ -9,6 +9,7 @@ mod gc;
 mod index;
 mod log;
 mod meta;
+mod poison;
 mod record;
 mod recovery;
 mod segment;

@@ -3,10 +3,10 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use crate::error::Result;
+use crate::poison::Poison;
 use crate::record::{self, Body, Kind};
 use crate::segment::Segment;
 use crate::vfs::Vfs;
@@ -68,13 +68,22 @@ impl<F: Vfs> SegmentTable<F> {
 
 /// The record at `off` in `seg`. Only called with locations taken from the
 /// index, which point at published, checksummed records.
+///
+/// Reads only the record's own bytes (its header first, then for a complete
+/// record its response length), never past its end: the bytes after it may
+/// belong to a record being written by the log writer at this moment.
 pub fn record_at<F: Vfs>(seg: &Segment<F>, off: u32) -> &[u8] {
     let off = off as usize;
     let head = seg.read(off, record::RECORD_HEADER_LEN);
-    // Enough bytes to know the length: header, key and a response length.
-    let probe =
-        (record::RECORD_HEADER_LEN + record::key_len_of(head) + 12).min(seg.capacity() - off);
-    let len = record::len_of(seg.read(off, probe));
+    let k = record::RECORD_HEADER_LEN + record::key_len_of(head);
+    let len = match record::kind_byte_of(head) {
+        record::KIND_COMPLETE => {
+            let n = seg.read(off + k + 8, 4);
+            k + 12 + u32::from_le_bytes([n[0], n[1], n[2], n[3]]) as usize
+        }
+        record::KIND_CLAIM => k + 16,
+        _ => k,
+    };
     seg.read(off, len)
 }
 
@@ -96,7 +105,7 @@ pub struct Log<F: Vfs> {
     pub segment_size: u64,
     /// Set when a sync fails; from then on nothing is appended or reported
     /// durable until the store is reopened.
-    pub poisoned: AtomicBool,
+    pub poison: Arc<Poison>,
 }
 
 /// The log, locked for appends. Lock order: index shards, then the log, then
@@ -113,13 +122,14 @@ impl<F: Vfs> Log<F> {
         segment_size: u64,
         active: Arc<Segment<F>>,
         off: usize,
+        poison: Arc<Poison>,
     ) -> Self {
         Log {
             state: Mutex::new(LogState { active, off }),
             fs,
             dir,
             segment_size,
-            poisoned: AtomicBool::new(false),
+            poison,
         }
     }
 
@@ -139,22 +149,28 @@ impl<F: Vfs> Log<F> {
 
 impl<F: Vfs> Appender<'_, F> {
     /// Appends an insert or remove; returns its segment, offset and end LSN.
+    /// `horizon`: see `append_body`.
     pub fn append(
         &mut self,
         table: &SegmentTable<F>,
         kind: Kind,
         expires_at: u64,
         key: &[u8],
+        horizon: u64,
     ) -> Result<(u32, u32, Lsn)> {
         let body = if kind == Kind::Remove {
             Body::Remove
         } else {
             Body::Insert
         };
-        self.append_body(table, &body, expires_at, key)
+        self.append_body(table, &body, expires_at, key, horizon)
     }
 
     /// Appends one record; returns its segment, offset and end LSN.
+    ///
+    /// `horizon` (ms): until when the record, or an older record of its key
+    /// that it shadows, can matter (`index::Entry::keep_s`); the segment is
+    /// not deleted whole before it.
     ///
     /// Invariant: records are appended strictly in LSN order, each fully
     /// written before the lock is released, so the log never has holes and
@@ -166,9 +182,11 @@ impl<F: Vfs> Appender<'_, F> {
         body: &Body<'_>,
         expires_at: u64,
         key: &[u8],
+        horizon: u64,
     ) -> Result<(u32, u32, Lsn)> {
+        debug_assert!(horizon >= expires_at || matches!(body, Body::Remove));
         let len = record::body_len(key.len(), body);
-        self.append_with(table, len, expires_at, |out| {
+        self.append_with(table, len, horizon, |out| {
             record::encode_body(out, body, expires_at, key)
         })
     }
@@ -179,9 +197,9 @@ impl<F: Vfs> Appender<'_, F> {
         &mut self,
         table: &SegmentTable<F>,
         rec: &[u8],
-        expires_at: u64,
+        horizon: u64,
     ) -> Result<(u32, u32, Lsn)> {
-        self.append_with(table, rec.len(), expires_at, |out| out.copy_from_slice(rec))
+        self.append_with(table, rec.len(), horizon, |out| out.copy_from_slice(rec))
     }
 
     /// The LSN at which a record of `len` bytes appended next will start:
@@ -195,17 +213,15 @@ impl<F: Vfs> Appender<'_, F> {
         &mut self,
         table: &SegmentTable<F>,
         len: usize,
-        expires_at: u64,
+        horizon: u64,
         fill: impl FnOnce(&mut [u8]),
     ) -> Result<(u32, u32, Lsn)> {
-        if self.log.poisoned.load(Ordering::Acquire) {
-            return Err(crate::Error::SyncFailed);
-        }
+        self.log.poison.check()?;
         self.reserve(table, len)?;
         let st = &mut *self.guard;
         let off = st.off;
         st.active.write_with(off, len, fill);
-        st.active.note_record(expires_at);
+        st.active.note_record(horizon);
         st.off = off + len;
         Ok((st.active.id, off as u32, lsn(st.active.id, off + len)))
     }
@@ -220,21 +236,27 @@ impl<F: Vfs> Appender<'_, F> {
         Ok(())
     }
 
+    /// Seals the active segment now and starts the next one, if the active
+    /// one holds any record.
+    pub fn roll_now(&mut self, table: &SegmentTable<F>) -> Result<()> {
+        if self.guard.off > crate::segment::HEADER_LEN {
+            self.roll(table)?;
+        }
+        Ok(())
+    }
+
     /// Seals the active segment and starts the next one.
     ///
     /// Invariant: a segment is fully synced, and its watermark says so,
     /// before any later segment exists; so only the newest segment can have
-    /// a torn tail, and a bad record in an older one is corruption.
+    /// a torn tail, and a bad record in an older one is corruption. A sync
+    /// failure here poisons the store (through the gate); a failure after
+    /// the next segment may exist on disk too (`Segment::create`), so the
+    /// sealed one never takes another append.
     fn roll(&mut self, table: &SegmentTable<F>) -> Result<()> {
         let st = &mut *self.guard;
-        let sealed = st
-            .active
-            .sync(0, st.off)
-            .and_then(|()| st.active.persist_watermark(st.off as u64));
-        if let Err(e) = sealed {
-            self.log.poisoned.store(true, Ordering::Release);
-            return Err(e);
-        }
+        st.active.sync(0, st.off)?;
+        st.active.persist_watermark(st.off as u64)?;
         let next = st
             .active
             .id
@@ -245,6 +267,7 @@ impl<F: Vfs> Appender<'_, F> {
             &self.log.dir,
             next,
             self.log.segment_size,
+            self.log.poison.clone(),
         )?);
         table.insert(seg.clone());
         st.active = seg;

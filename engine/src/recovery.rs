@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use crate::config::{Config, RecoveryMode};
 use crate::error::{io_err, Error, Result};
-use crate::index::{exp_secs, hash_key, shard_of, tag_of, Entry, Index, SHARDS};
+use crate::index::{hash_key, keep_secs, shard_of, tag_of, Entry, Index, SHARDS};
 use crate::log::{key_of, record_at, SegmentTable};
-use crate::record::{self, Decoded, Kind, Record};
+use crate::poison::Poison;
+use crate::record::{self, Decoded, Record};
 use crate::segment::{self, Segment, HEADER_LEN};
 use crate::vfs::Vfs;
 
@@ -24,7 +25,14 @@ pub struct RecoveryStats {
 pub struct Recovered<F: Vfs> {
     pub active: Arc<Segment<F>>,
     pub end: usize,
+    /// The active segment's watermark as found: below it every byte was
+    /// synced successfully; at and above it, pages may be clean in the page
+    /// cache without being on disk (a failed writeback), so open re-dirties them.
+    pub active_wm: u64,
     pub stats: RecoveryStats,
+    /// Segments in which `RecoveryMode::Salvage` skipped damaged bytes; open
+    /// rewrites them so that later strict opens do not trip on the damage.
+    pub damaged: Vec<u32>,
 }
 
 /// Does the key stored at `e` equal `key`?
@@ -38,14 +46,16 @@ pub fn entry_is_key<F: Vfs>(table: &SegmentTable<F>, e: &Entry, key: &[u8]) -> b
 #[derive(Clone, Copy)]
 struct Pending {
     hash: u64,
+    /// For a remove: the horizon it was written with.
     expires_at: u64,
     off: u32,
-    kind: Kind,
 }
 
 /// Applies one segment's records, in log order, to the index. The latest
-/// record for a key decides: an unexpired insert makes it present; an
-/// expired insert or a remove makes it absent.
+/// record for a key decides: an unexpired insert, claim or complete makes it
+/// present; an expired one or a remove makes it absent. Each record's entry
+/// keeps the key's horizon (the latest expiry of it and of the records it
+/// shadows, `Entry::keep_s`), and the segment is told that horizon.
 ///
 /// The records are first grouped by shard (a stable counting sort, so each
 /// key's records keep their log order), then applied shard by shard: one
@@ -76,7 +86,6 @@ fn apply_segment<F: Vfs>(
             hash: 0,
             expires_at: 0,
             off: 0,
-            kind: Kind::Insert,
         },
     );
     for r in recs {
@@ -92,13 +101,16 @@ fn apply_segment<F: Vfs>(
             // record would be a cache miss each.
             let is_key = |e: &Entry| entry_is_key(table, e, key_of(record_at(seg, r.off)));
             let tag = tag_of(r.hash);
-            if r.kind != Kind::Remove && r.expires_at > now {
+            let prev = shard.find(tag, is_key).map_or(0, |e| e.horizon_ms());
+            let horizon = r.expires_at.max(prev);
+            seg.note_record(horizon);
+            if horizon > now {
                 shard.upsert(
                     Entry {
                         tag,
                         seg: seg.id,
                         off: r.off,
-                        exp_s: exp_secs(r.expires_at),
+                        keep_s: keep_secs(horizon),
                     },
                     is_key,
                 );
@@ -115,6 +127,7 @@ pub fn recover<F: Vfs>(
     cfg: &Config,
     table: &SegmentTable<F>,
     index: &mut Index,
+    poison: &Arc<Poison>,
 ) -> Result<Recovered<F>> {
     let now = cfg.clock.now_ms();
     let mut ids = Vec::new();
@@ -129,33 +142,56 @@ pub fn recover<F: Vfs>(
             ids.push(id);
         }
     }
-    if removed_tmp {
-        fs.sync_dir(dir).map_err(io_err("fsync dir", dir))?;
-    }
+    // Invariant: everything open relies on is durable before it answers,
+    // directory entries included. The previous process may have died
+    // between renaming a segment into place and fsyncing the directory, or
+    // between unlinking one and the fsync: this makes the names it left
+    // durable (and the removal of the temp files above).
+    let _ = removed_tmp;
+    poison.sync(|| fs.sync_dir(dir).map_err(io_err("fsync dir", dir)))?;
     ids.sort_unstable();
     let mut stats = RecoveryStats::default();
     let Some(&newest) = ids.last() else {
-        let seg = Arc::new(Segment::create(fs, dir, 1, cfg.segment_size)?);
+        let seg = Arc::new(Segment::create(
+            fs,
+            dir,
+            1,
+            cfg.segment_size,
+            poison.clone(),
+        )?);
         table.insert(seg.clone());
         return Ok(Recovered {
             active: seg,
             end: HEADER_LEN,
+            active_wm: HEADER_LEN as u64,
             stats,
+            damaged: Vec::new(),
         });
     };
     let mut opened = Vec::with_capacity(ids.len());
     for &id in &ids {
         let is_newest = id == newest;
         let path = dir.join(segment::file_name(id));
-        let (seg, wm) = Segment::open(fs, &path, id, is_newest.then_some(cfg.segment_size))?;
+        let (seg, wm) = Segment::open(
+            fs,
+            &path,
+            id,
+            is_newest.then_some(cfg.segment_size),
+            poison.clone(),
+        )?;
         let seg = Arc::new(seg);
         table.insert(seg.clone());
         opened.push((seg, wm));
     }
-    // Bytes of records to replay, as far as the watermarks tell.
+    // Bytes of records to replay, as far as the watermarks tell. A hostile
+    // watermark may claim more than the file holds: never trust it for sizes.
     let logged: u64 = opened
         .iter()
-        .map(|(_, wm)| wm.unwrap_or(0).saturating_sub(HEADER_LEN as u64))
+        .map(|(seg, wm)| {
+            wm.unwrap_or(0)
+                .min(seg.capacity() as u64)
+                .saturating_sub(HEADER_LEN as u64)
+        })
         .sum();
     // Two stages on two threads: one reads and checks segment i+1 while the
     // other applies segment i to the index. Segments reach the index in id
@@ -163,27 +199,32 @@ pub fn recover<F: Vfs>(
     let mode = cfg.recovery;
     let (tx, rx) = crossbeam::channel::bounded::<Result<(usize, Vec<Pending>, usize)>>(1);
     let mut active = None;
-    let scanned = std::thread::scope(|s| -> Result<RecoveryStats> {
+    let mut damaged = Vec::new();
+    let scanned = std::thread::scope(|s| -> Result<(RecoveryStats, Vec<u32>)> {
         let opened = &opened;
         let scanner = s.spawn(move || {
             let mut stats = RecoveryStats::default();
+            let mut damaged = Vec::new();
             for (i, (seg, wm)) in opened.iter().enumerate() {
-                let mut recs = Vec::with_capacity((wm.unwrap_or(0) / 24) as usize);
+                let guess = wm.unwrap_or(0).min(seg.capacity() as u64) / 24;
+                let mut recs = Vec::with_capacity(guess as usize);
+                let salvaged = stats.salvaged_bytes;
                 let scanned = scan(seg, *wm, seg.id == newest, mode, &mut stats, |rec, off| {
-                    seg.note_record(rec.expires_at);
                     recs.push(Pending {
                         hash: hash_key(rec.key),
                         expires_at: rec.expires_at,
                         off: off as u32,
-                        kind: rec.kind,
                     });
                 });
+                if stats.salvaged_bytes != salvaged {
+                    damaged.push(seg.id);
+                }
                 let failed = scanned.is_err();
                 if tx.send(scanned.map(|end| (i, recs, end))).is_err() || failed {
                     break;
                 }
             }
-            stats
+            (stats, damaged)
         });
         let mut sorted = Vec::new();
         for msg in rx {
@@ -204,11 +245,23 @@ pub fn recover<F: Vfs>(
             .join()
             .map_err(|_| Error::InvalidConfig("recovery scanner panicked".into()))
     })?;
+    let (scanned, found_damage) = scanned;
+    damaged.extend(found_damage);
     stats.truncated_records += scanned.truncated_records;
     stats.truncated_bytes += scanned.truncated_bytes;
     stats.salvaged_bytes += scanned.salvaged_bytes;
     let (active, end) = active.ok_or_else(|| Error::InvalidConfig("no newest segment".into()))?;
-    Ok(Recovered { active, end, stats })
+    let active_wm = opened
+        .last()
+        .and_then(|(_, wm)| *wm)
+        .unwrap_or(HEADER_LEN as u64);
+    Ok(Recovered {
+        active,
+        end,
+        active_wm,
+        stats,
+        damaged,
+    })
 }
 
 /// Reads a segment's records in order, calling `apply` on each. Returns the

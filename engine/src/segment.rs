@@ -14,9 +14,10 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::error::{io_err, Error, Result};
+use crate::poison::Poison;
 use crate::vfs::{Mapping as _, Vfs, VfsFile};
 
 pub const MAGIC: &[u8; 8] = b"DDUPSEG\0";
@@ -49,13 +50,17 @@ pub struct Segment<F: Vfs> {
     /// hold this lock so the slot is never torn by two writers and never
     /// moves backwards.
     watermark: Mutex<u64>,
-    /// Latest expiry of any record in the segment (for a remove: of the insert
-    /// it removed). Once it has passed, nothing in the segment matters and
-    /// GC deletes it whole, without looking at its records.
-    max_expiry: AtomicU64,
+    /// Latest horizon of any record in the segment: the time until which the
+    /// record, or an older record of its key that it shadows, could still
+    /// matter (see `index::Entry::keep_s`). Once it has passed, nothing in
+    /// the segment matters and GC deletes it whole, without reading it.
+    max_horizon: AtomicU64,
     /// Records in the segment, live or not.
     records: AtomicU64,
-    _file: F::File,
+    /// Every sync passes through the store's poison gate. The file itself is
+    /// closed once mapped: a mapping needs no descriptor, so a store holds
+    /// no file descriptor per segment.
+    poison: Arc<Poison>,
 }
 
 fn encode_header(id: u32) -> [u8; HEADER_LEN] {
@@ -126,40 +131,76 @@ impl<F: Vfs> Segment<F> {
     /// its header, fsynced, then renamed into place and the directory fsynced.
     /// A crash leaves either no segment or a complete empty one (plus perhaps a
     /// temp file, removed on open).
-    pub fn create(fs: &F, dir: &Path, id: u32, size: u64) -> Result<Self> {
+    ///
+    /// A failure before the rename removes the temp file and leaves the store
+    /// usable (e.g. a full disk). A failure at or after the rename poisons the
+    /// store: the new segment may exist on disk, so the previous one, already
+    /// sealed, must never take another append (it would then hold records
+    /// past its sealed length that recovery would call corruption).
+    pub fn create(fs: &F, dir: &Path, id: u32, size: u64, poison: Arc<Poison>) -> Result<Self> {
+        poison.check()?;
         let tmp = dir.join(tmp_name(id));
         let path = dir.join(file_name(id));
-        let file = fs
-            .open(&tmp, true)
-            .map_err(io_err("create segment", &tmp))?;
-        file.allocate(size).map_err(io_err("fallocate", &tmp))?;
-        let map = file.map(false).map_err(io_err("mmap", &tmp))?;
+        let seg = match Self::prepare(fs, &tmp, &path, id, size, poison.clone()) {
+            Ok(seg) => seg,
+            Err(e) => {
+                // Best effort: a leftover temp file is removed on open anyway.
+                let _ = fs.remove(&tmp);
+                return Err(e);
+            }
+        };
+        let published = fs
+            .rename(&tmp, &path)
+            .map_err(io_err("rename", &tmp))
+            .and_then(|()| fs.sync_dir(dir).map_err(io_err("fsync dir", dir)));
+        if let Err(e) = published {
+            poison.set();
+            return Err(e);
+        }
+        Ok(seg)
+    }
+
+    /// The temp file of a new segment, preallocated, mapped, with its header
+    /// durable.
+    fn prepare(
+        fs: &F,
+        tmp: &Path,
+        path: &Path,
+        id: u32,
+        size: u64,
+        poison: Arc<Poison>,
+    ) -> Result<Self> {
+        let file = fs.open(tmp, true).map_err(io_err("create segment", tmp))?;
+        file.allocate(size).map_err(io_err("fallocate", tmp))?;
+        let map = file.map(false).map_err(io_err("mmap", tmp))?;
         let seg: Segment<F> = Segment {
             id,
-            path: path.clone(),
+            path: path.to_path_buf(),
             map,
             watermark: Mutex::new(HEADER_LEN as u64),
-            max_expiry: AtomicU64::new(0),
+            max_horizon: AtomicU64::new(0),
             records: AtomicU64::new(0),
-            _file: file,
+            poison,
         };
         let header = encode_header(id);
         seg.write(0, &header);
         seg.write_watermark_slot(HEADER_LEN as u64);
         seg.sync(0, HEADER_LEN)?;
-        seg._file.sync_all().map_err(io_err("fsync", &tmp))?;
-        fs.rename(&tmp, &path).map_err(io_err("rename", &tmp))?;
-        fs.sync_dir(dir).map_err(io_err("fsync dir", dir))?;
+        seg.poison
+            .sync(|| file.sync_all().map_err(io_err("fsync", tmp)))?;
         Ok(seg)
     }
 
     /// Opens an existing segment, extending it to `min_size` first if it is
-    /// shorter (only done for the segment that will take appends).
+    /// shorter (only done for the segment that will take appends; the new
+    /// length is fsynced before anything is written past the old one).
+    /// Returns the segment and its watermark, if readable.
     pub fn open(
         fs: &F,
         path: &Path,
         id: u32,
         min_size: Option<u64>,
+        poison: Arc<Poison>,
     ) -> Result<(Self, Option<u64>)> {
         let file = fs.open(path, false).map_err(io_err("open segment", path))?;
         let len = file.file_len().map_err(io_err("stat", path))?;
@@ -180,6 +221,7 @@ impl<F: Vfs> Segment<F> {
         if let Some(min) = min_size {
             if len < min {
                 file.allocate(min).map_err(io_err("fallocate", path))?;
+                poison.sync(|| file.sync_all().map_err(io_err("fsync", path)))?;
             }
         }
         let map = file.map(true).map_err(io_err("mmap", path))?;
@@ -188,9 +230,9 @@ impl<F: Vfs> Segment<F> {
             path: path.to_path_buf(),
             map,
             watermark: Mutex::new(0),
-            max_expiry: AtomicU64::new(0),
+            max_horizon: AtomicU64::new(0),
             records: AtomicU64::new(0),
-            _file: file,
+            poison,
         };
         let wm = check_header(seg.read(0, HEADER_LEN), id, path)?;
         *seg.lock_watermark() = wm.unwrap_or(HEADER_LEN as u64);
@@ -245,10 +287,22 @@ impl<F: Vfs> Segment<F> {
         fill(unsafe { std::slice::from_raw_parts_mut(self.map.as_ptr().add(off), len) })
     }
 
+    /// msync of `[off, off + len)`, through the store's poison gate.
     pub fn sync(&self, off: usize, len: usize) -> Result<()> {
-        self.map
-            .sync_range(off, len)
-            .map_err(io_err("msync", &self.path))
+        self.poison.sync(|| {
+            self.map
+                .sync_range(off, len)
+                .map_err(io_err("msync", &self.path))
+        })
+    }
+
+    /// Marks `[from, to)` dirty again, so the next sync writes it even if an
+    /// earlier failed writeback left those pages clean but not on disk.
+    pub fn redirty(&self, from: usize, to: usize) {
+        let to = to.min(self.capacity());
+        if from < to {
+            self.map.redirty(from, to - from);
+        }
     }
 
     fn lock_watermark(&self) -> std::sync::MutexGuard<'_, u64> {
@@ -272,6 +326,18 @@ impl<F: Vfs> Segment<F> {
             *cur = wm;
             self.write_watermark_slot(wm);
         }
+    }
+
+    /// Sets the watermark to exactly `wm`, even below the current one. Only
+    /// at open, once recovery has made `[0, wm)` durable and cut everything
+    /// after it: a salvaged tail must not leave a watermark above the end
+    /// of the records (later strict opens would call the gap corruption).
+    pub fn reset_watermark(&self, wm: u64) -> Result<()> {
+        let mut cur = self.lock_watermark();
+        *cur = wm;
+        self.write_watermark_slot(wm);
+        drop(cur);
+        self.sync(0, HEADER_LEN)
     }
 
     /// Sets the watermark and makes the header durable too. Used when a
@@ -306,16 +372,17 @@ impl<F: Vfs> Segment<F> {
     /// Accounts for a record appended or recovered. Only one thread at a
     /// time writes a segment (the log writer under its lock, or the recovery
     /// scanner), so plain loads and stores suffice: no read-modify-write.
-    pub fn note_record(&self, expires_at: u64) {
-        if expires_at > self.max_expiry.load(Ordering::Relaxed) {
-            self.max_expiry.store(expires_at, Ordering::Relaxed);
+    pub fn note_record(&self, horizon_ms: u64) {
+        if horizon_ms > self.max_horizon.load(Ordering::Relaxed) {
+            self.max_horizon.store(horizon_ms, Ordering::Relaxed);
         }
         self.records
             .store(self.records.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
     }
 
-    pub fn max_expiry(&self) -> u64 {
-        self.max_expiry.load(Ordering::Relaxed)
+    /// See the field: once this has passed, the segment can go whole.
+    pub fn max_horizon(&self) -> u64 {
+        self.max_horizon.load(Ordering::Relaxed)
     }
 
     pub fn records(&self) -> u64 {

@@ -13,8 +13,9 @@ use crate::commit::Commit;
 use crate::config::{Config, Durability};
 use crate::error::{io_err, Error, Result};
 use crate::gc::{live_per_segment, GcCounters, GcReport};
-use crate::index::{exp_secs, hash_key, shard_of, tag_of, Entry, Index, Shard};
+use crate::index::{hash_key, keep_secs, shard_of, tag_of, Entry, Index, Shard};
 use crate::log::{lsn, record_at, Appender, Log, Lsn, SegmentTable};
+use crate::poison::Poison;
 use crate::record::{self, Kind, MAX_KEY_LEN};
 use crate::recovery::{self, entry_is_key, RecoveryStats};
 use crate::segment::HEADER_LEN;
@@ -147,18 +148,31 @@ impl<F: Vfs> Store<F> {
 
         let mut index = Index::default();
         let table = SegmentTable::default();
-        let rec = recovery::recover(&*fs, &dir, &config, &table, &mut index)?;
-        // Whatever recovery found may sit only in the page cache (a process
-        // crash before its sync), and the torn-tail cleanup wrote zeros past
-        // `end`. Sync the whole segment now (only dirty pages are written),
-        // so that no answer given from here on relies on data a power loss
-        // could take away, and stale tail records cannot reappear behind
-        // new appends.
+        let poison = Arc::new(Poison::default());
+        let rec = recovery::recover(&*fs, &dir, &config, &table, &mut index, &poison)?;
+        // Invariant: no answer from here on relies on data a power loss could
+        // take away. What recovery found above the watermark may sit only in
+        // the page cache (a process crash before its sync), possibly on pages
+        // a failed writeback left clean but not on disk (fsyncgate): mark it
+        // dirty again. The torn-tail cleanup wrote zeros past `end`, so that
+        // stale records cannot reappear behind new appends. Then sync the
+        // whole segment (only dirty pages are written) and set the watermark
+        // to the end of the recovered records: exactly what is durable now.
+        let from = (rec.active_wm as usize).min(rec.end);
+        rec.active.redirty(from, rec.end);
         rec.active.sync(0, rec.active.capacity())?;
-        rec.active.persist_watermark(rec.end as u64)?;
+        rec.active.reset_watermark(rec.end as u64)?;
         let commit = Commit::default();
         commit.mark_synced(lsn(rec.active.id, rec.end));
-        let log = Log::new(fs, dir.clone(), config.segment_size, rec.active, rec.end);
+        let log = Log::new(
+            fs,
+            dir.clone(),
+            config.segment_size,
+            rec.active,
+            rec.end,
+            poison,
+        );
+        let damaged = rec.damaged;
         let inner = Arc::new(Inner {
             dir,
             config,
@@ -171,6 +185,9 @@ impl<F: Vfs> Store<F> {
             gc_counters: GcCounters::default(),
             _lock: lock,
         });
+        if !damaged.is_empty() {
+            inner.rewrite_damaged(&damaged)?;
+        }
         let flusher = match inner.config.durability {
             Durability::Interval(every) => Some(spawn_flusher(inner.clone(), every)?),
             _ => None,
@@ -298,15 +315,30 @@ impl<F: Vfs> Store<F> {
         let h = hash_key(key);
         let need = {
             let mut shard = inner.index.lock(shard_of(h));
-            let Some(Live { expires_at, .. }) = inner.find_live(&shard, key, h, now) else {
+            let is_key = |e: &Entry| entry_is_key(&inner.table, e, key);
+            let Some(e) = shard.find(tag_of(h), is_key) else {
                 return Ok(false);
             };
-            let (_, _, end) =
+            let Some(live) = inner.live_at(&e, now) else {
+                return Ok(false);
+            };
+            // The removal shadows the insert (and whatever it shadowed)
+            // until that horizon; its record carries it as its expiry.
+            let horizon = live.expires_at.max(e.horizon_ms());
+            let (seg, off, end) =
                 inner
                     .log
                     .lock()
-                    .append(&inner.table, Kind::Remove, expires_at, key)?;
-            shard.remove(tag_of(h), |e| entry_is_key(&inner.table, e, key));
+                    .append(&inner.table, Kind::Remove, horizon, key, horizon)?;
+            shard.upsert(
+                Entry {
+                    seg,
+                    off,
+                    keep_s: keep_secs(horizon),
+                    ..e
+                },
+                is_key,
+            );
             end
         };
         inner.wait_for(need)?;
@@ -435,9 +467,7 @@ impl<F: Vfs> Store<F> {
             drop(tx);
             let _ = handle.join();
         }
-        if self.inner.log.poisoned.load(Ordering::Acquire) {
-            return Err(Error::SyncFailed);
-        }
+        self.inner.log.poison.check()?;
         self.inner.sync()?;
         let (seg, end) = self.inner.log.head();
         seg.persist_watermark(end as u64)
@@ -460,15 +490,23 @@ pub(crate) struct Live {
 }
 
 impl<F: Vfs> Inner<F> {
-    /// The index entry for `key` and its exact expiry, if unexpired.
+    /// The key's record, if it makes the key present: not a removal, and
+    /// unexpired. Also returns the key's entry (whatever its record).
     pub(crate) fn find_live(&self, shard: &Shard, key: &[u8], h: u64, now: u64) -> Option<Live> {
         let e = shard.find(tag_of(h), |e| entry_is_key(&self.table, e, key))?;
+        self.live_at(&e, now)
+    }
+
+    /// What the record an entry points at says at `now`, if it makes its
+    /// key present.
+    fn live_at(&self, e: &Entry, now: u64) -> Option<Live> {
         self.table
             .with(e.seg, |s| {
                 let rec = record_at(s, e.off);
                 let expires_at = record::expires_at_of(rec);
                 let end = lsn(e.seg, e.off as usize + rec.len());
-                (expires_at > now).then_some(Live { expires_at, end })
+                let present = record::kind_byte_of(rec) != record::KIND_REMOVE && expires_at > now;
+                present.then_some(Live { expires_at, end })
             })
             .flatten()
     }
@@ -488,30 +526,27 @@ impl<F: Vfs> Inner<F> {
         // One probe of the table: the slot found is either the key's entry
         // or where it goes.
         let slot = shard.entry(tag, |e| entry_is_key(&self.table, e, key));
+        let mut shadowed = 0;
         if let hashbrown::hash_table::Entry::Occupied(o) = &slot {
             let e = *o.get();
-            let live = self.table.with(e.seg, |s| {
-                let rec = record_at(s, e.off);
-                (
-                    record::expires_at_of(rec),
-                    lsn(e.seg, e.off as usize + rec.len()),
-                )
-            });
-            if let Some((exp, end)) = live.filter(|&(exp, _)| exp > now) {
+            if let Some(live) = self.live_at(&e, now) {
                 return Ok((
                     Outcome::Duplicate {
-                        expires_at: to_system_time(exp),
+                        expires_at: to_system_time(live.expires_at),
                     },
-                    end,
+                    live.end,
                 ));
             }
+            shadowed = e.horizon_ms();
         }
+        // The new record shadows whatever the old entry still covered.
+        let horizon = expires_at.max(shadowed);
         let (seg, off, end) = match appender {
-            Some(a) => a.append(&self.table, Kind::Insert, expires_at, key)?,
+            Some(a) => a.append(&self.table, Kind::Insert, expires_at, key, horizon)?,
             None => self
                 .log
                 .lock()
-                .append(&self.table, Kind::Insert, expires_at, key)?,
+                .append(&self.table, Kind::Insert, expires_at, key, horizon)?,
         };
         // Invariant: the record is in the log before the index points at it,
         // and both happen under the shard lock, so a racing call for the same
@@ -520,7 +555,7 @@ impl<F: Vfs> Inner<F> {
             tag,
             seg,
             off,
-            exp_s: exp_secs(expires_at),
+            keep_s: keep_secs(horizon),
         };
         match slot {
             hashbrown::hash_table::Entry::Occupied(mut o) => *o.get_mut() = entry,
@@ -531,14 +566,30 @@ impl<F: Vfs> Inner<F> {
         Ok((Outcome::Inserted, end))
     }
 
+    /// Rewrites segments in which a salvage open skipped damaged bytes
+    /// (compacting their valid records forward, then deleting them), so the
+    /// damage is gone and later strict opens succeed. The active segment is
+    /// sealed first if it is one of them.
+    fn rewrite_damaged(&self, damaged: &[u32]) -> Result<()> {
+        let (active, _) = self.log.head();
+        if damaged.contains(&active.id) {
+            self.log.lock().roll_now(&self.table)?;
+        }
+        let now = self.config.clock.now_ms();
+        for &id in damaged {
+            if let Some(seg) = self.table.all().into_iter().find(|s| s.id == id) {
+                self.compact_segment(&seg, now, true)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Under `Immediate`, waits until `need` is durable.
     pub(crate) fn wait_for(&self, need: Lsn) -> Result<()> {
         if self.config.durability == Durability::Immediate {
             self.commit.wait_durable(&self.log, need)
-        } else if self.log.poisoned.load(Ordering::Acquire) {
-            Err(Error::SyncFailed)
         } else {
-            Ok(())
+            self.log.poison.check()
         }
     }
 
@@ -573,13 +624,26 @@ fn spawn_gc<F: Vfs>(
                 if run {
                     // Errors are not lost: a failed sync poisons the store and
                     // callers see it; other failures leave the files as they
-                    // were and the next run retries.
-                    if let Err(e) = inner.gc(inner.config.compact_below) {
+                    // were and the next run retries. A panic (a bug) poisons
+                    // the store too, rather than vanishing with the thread:
+                    // GC may have been between a copy and its sync.
+                    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        inner.gc(inner.config.compact_below)
+                    }));
+                    let err = match ran {
+                        Ok(Ok(_)) => None,
+                        Ok(Err(e)) => Some(e.to_string()),
+                        Err(_) => {
+                            inner.log.poison.set();
+                            Some("GC thread panicked; the store is poisoned".to_string())
+                        }
+                    };
+                    if let Some(e) = err {
                         *inner
                             .gc_counters
                             .last_error
                             .lock()
-                            .unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                            .unwrap_or_else(|p| p.into_inner()) = Some(e);
                     }
                 }
             }

@@ -54,6 +54,10 @@ pub trait Mapping: Send + Sync + 'static {
     fn map_len(&self) -> usize;
     /// msync(MS_SYNC) of `[off, off + len)`: those bytes are durable on return.
     fn sync_range(&self, off: usize, len: usize) -> io::Result<()>;
+    /// Marks every page of `[off, off + len)` dirty (in bounds), so the next
+    /// sync writes it again: after a failed writeback Linux may have marked
+    /// pages clean that never reached the disk.
+    fn redirty(&self, off: usize, len: usize);
 }
 
 /// The real file system.
@@ -182,5 +186,22 @@ impl Mapping for OsMap {
     }
     fn sync_range(&self, off: usize, len: usize) -> io::Result<()> {
         self.map.flush_range(off, len)
+    }
+    fn redirty(&self, off: usize, len: usize) {
+        const PAGE: usize = 4096;
+        let end = off.saturating_add(len).min(self.map.len());
+        let mut p = off - off % PAGE;
+        while p < end {
+            let at = p.max(off);
+            // SAFETY: `at` is in bounds of the mapping (checked by the loop
+            // bound). Rewriting a byte with its own value changes nothing a
+            // reader can see; the write fault is what marks the page dirty.
+            // Callers only redirty ranges no other thread writes (at open).
+            unsafe {
+                let ptr = self.ptr.add(at);
+                std::ptr::write_volatile(ptr, std::ptr::read_volatile(ptr));
+            }
+            p += PAGE;
+        }
     }
 }

@@ -124,9 +124,10 @@ fn release_makes_the_key_claimable_again_and_tokens_are_single_use() {
     assert_eq!(
         s.claim(b"k", LEASE, None).unwrap(),
         Claim::Completed {
-            response: Some(vec![]),
+            response: None,
             expires_at: UNIX_EPOCH + Duration::from_millis(T0) + DAY
-        }
+        },
+        "complete(None) reads back as no response"
     );
     drop(s);
     // The release survives a reopen too.
