@@ -95,6 +95,18 @@
 //! guarantees, limits and benchmarks in the
 //! [README](https://github.com/dedupstore/dedupstore#readme).
 //!
+//! # Platform: Linux only
+//!
+//! The crate refuses to compile on other systems, because its guarantees rest
+//! on Linux behaviour that it has only been tested on:
+//! - `posix_fallocate` reserves each log segment's disk blocks before the
+//!   segment is memory-mapped, so writing through the mapping cannot raise
+//!   `SIGBUS` on a full disk (`File::set_len` only makes a sparse file, and
+//!   macOS has no `posix_fallocate`);
+//! - `fsync` and `msync` are taken to reach stable storage, which on macOS
+//!   needs `F_FULLFSYNC` instead;
+//! - [`SystemClock`] reads `CLOCK_REALTIME_COARSE`, a Linux clock.
+//!
 //! # Cargo features
 //!
 //! - `sim`: the `sim` module, a simulated file system (a [`vfs::Vfs`] for
@@ -105,6 +117,13 @@
 //!   hidden, and not a stable API.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "dedupstore supports Linux only: its durability and full-disk guarantees rest on \
+     posix_fallocate, fsync/msync and CLOCK_REALTIME_COARSE as Linux provides them \
+     (see \"Platform: Linux only\" in the crate documentation)"
+);
 
 /// The repository's README, whose examples are run as doctests.
 #[cfg(doctest)]
