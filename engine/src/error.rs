@@ -95,6 +95,6 @@ impl Error {
     /// True when the error is a full disk (ENOSPC). Freeing space and retrying
     /// the call is the remedy; nothing acknowledged was lost.
     pub fn is_disk_full(&self) -> bool {
-        matches!(self, Error::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC))
+        matches!(self, Error::Io { source, .. } if source.kind() == io::ErrorKind::StorageFull)
     }
 }

@@ -9,7 +9,7 @@
 
 use std::sync::{Mutex, MutexGuard};
 
-use crossbeam::utils::CachePadded;
+use crossbeam_utils::CachePadded;
 use hashbrown::HashTable;
 
 pub const SHARD_BITS: u32 = 8;

@@ -110,6 +110,7 @@ pub fn body_len(key_len: usize, body: &Body<'_>) -> usize {
 }
 
 /// Encodes an insert or remove into `out` (exactly `encoded_len` long).
+#[cfg(feature = "internals")] // only the micro-benchmarks use it, through `internals`
 pub fn encode(out: &mut [u8], kind: Kind, expires_at: u64, key: &[u8]) {
     let body = match kind {
         Kind::Remove => Body::Remove,

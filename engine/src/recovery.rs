@@ -197,7 +197,7 @@ pub fn recover<F: Vfs>(
     // other applies segment i to the index. Segments reach the index in id
     // order, so each key's records are applied in log order.
     let mode = cfg.recovery;
-    let (tx, rx) = crossbeam::channel::bounded::<Result<(usize, Vec<Pending>, usize)>>(1);
+    let (tx, rx) = crossbeam_channel::bounded::<Result<(usize, Vec<Pending>, usize)>>(1);
     let mut active = None;
     let mut damaged = Vec::new();
     let scanned = std::thread::scope(|s| -> Result<(RecoveryStats, Vec<u32>)> {

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
-use crossbeam::channel::{self, RecvTimeoutError, Sender};
+use crossbeam_channel::{self as channel, RecvTimeoutError, Sender};
 
 use crate::clock::to_system_time;
 use crate::commit::Commit;
