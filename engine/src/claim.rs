@@ -21,10 +21,11 @@ use std::time::{Duration, SystemTime};
 use crate::clock::to_system_time;
 use crate::error::{Error, Result};
 use crate::index::{hash_key, keep_secs, shard_of, tag_of, Entry, Shard};
+use crate::limits::{check_key, check_ttl, expiry};
 use crate::log::{record_at, Lsn};
 use crate::record::{self, Body, Decoded, MAX_RESPONSE_LEN};
 use crate::recovery::entry_is_key;
-use crate::store::{check_key, check_ttl, Inner, Store};
+use crate::store::{Inner, Store};
 use crate::vfs::Vfs;
 
 /// Proof of ownership of a claimed key, handed out by [`Store::claim`].
@@ -35,6 +36,7 @@ pub struct ClaimToken {
 }
 
 impl ClaimToken {
+    /// The key this token claimed.
     pub fn key(&self) -> &[u8] {
         &self.key
     }
@@ -52,11 +54,16 @@ pub enum Claim {
     Acquired(ClaimToken),
     /// Another caller owns the work; retry after `lease_expires_at` (the
     /// lease is wall-clock time from the store's `Clock`).
-    InProgress { lease_expires_at: SystemTime },
+    InProgress {
+        /// When the current lease ends (then another claim may take over).
+        lease_expires_at: SystemTime,
+    },
     /// The work is done. `response` is what `complete` stored (`None` if it
     /// stored none, or if the key was recorded by `check_and_insert`).
     Completed {
+        /// The stored response, byte for byte (`None` if none was stored).
         response: Option<Vec<u8>>,
+        /// When the key's record expires and the key may be claimed anew.
         expires_at: SystemTime,
     },
 }
@@ -227,7 +234,7 @@ impl<F: Vfs> Store<F> {
                     (answer, c.end)
                 }
                 None => {
-                    let expires_at = now.saturating_add(lease.as_millis() as u64);
+                    let expires_at = expiry(now, lease);
                     let horizon = inner.horizon_for(&shard, key, h, expires_at);
                     let mut log = inner.log.lock();
                     let len = record::body_len(
@@ -281,7 +288,7 @@ impl<F: Vfs> Store<F> {
         }
         self.transition(token, |inner, shard, h, now, fingerprint, _| {
             let key = &token.key[..];
-            let expires_at = now.saturating_add(ttl.as_millis() as u64);
+            let expires_at = expiry(now, ttl);
             let body = Body::Complete {
                 fingerprint,
                 response,

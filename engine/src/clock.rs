@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// their meaning across restarts. If the clock jumps backwards, IDs live
 /// longer; if it jumps forwards, they expire early.
 pub trait Clock: Send + Sync + 'static {
+    /// Milliseconds since the Unix epoch (UTC).
     fn now_ms(&self) -> u64;
 }
 
@@ -23,7 +24,8 @@ mod tests {
         let std = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap()
-            .as_millis() as u64;
+            .as_millis();
+        let std = u64::try_from(std).unwrap();
         assert!(ours.abs_diff(std) < 50, "coarse clock {ours} vs {std}");
     }
 }
@@ -49,7 +51,7 @@ impl Clock for SystemClock {
             // A clock before 1970 is treated as the epoch: IDs then simply live longer.
             SystemTime::now()
                 .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
+                .map(crate::limits::millis)
                 .unwrap_or(0)
         }
     }
@@ -64,9 +66,12 @@ impl ManualClock {
     pub fn new(start_ms: u64) -> Self {
         ManualClock(Arc::new(AtomicU64::new(start_ms)))
     }
+    /// Moves the clock forward by `by`.
     pub fn advance(&self, by: Duration) {
-        self.0.fetch_add(by.as_millis() as u64, Ordering::SeqCst);
+        self.0
+            .fetch_add(crate::limits::millis(by), Ordering::SeqCst);
     }
+    /// Sets the clock to `ms` since the epoch (backwards too: clock jumps).
     pub fn set_ms(&self, ms: u64) {
         self.0.store(ms, Ordering::SeqCst);
     }

@@ -38,12 +38,14 @@ pub enum RecoveryMode {
 /// Configuration for [`crate::Store::open`]. `Config::default()` suits most users.
 #[derive(Clone)]
 pub struct Config {
+    /// When acknowledged writes reach stable storage. Default: `Immediate`.
     pub durability: Durability,
     /// TTL used by the `*_default_ttl` helpers. Default: 24 hours.
     pub default_ttl: Duration,
     /// Size of each preallocated log segment in bytes. Default 16 MiB (the most disk that preallocation holds ahead of use);
     /// 64 KiB to 1 GiB.
     pub segment_size: u64,
+    /// What open does with damage other than a torn tail. Default: `Strict`.
     pub recovery: RecoveryMode,
     /// Source of wall-clock time for TTLs.
     pub clock: Arc<dyn Clock>,
@@ -87,30 +89,37 @@ pub const MIN_SEGMENT_SIZE: u64 = 64 << 10;
 pub const MAX_SEGMENT_SIZE: u64 = 1 << 30;
 
 impl Config {
+    /// Sets [`Config::durability`].
     pub fn durability(mut self, d: Durability) -> Self {
         self.durability = d;
         self
     }
+    /// Sets [`Config::segment_size`].
     pub fn segment_size(mut self, bytes: u64) -> Self {
         self.segment_size = bytes;
         self
     }
+    /// Sets [`Config::clock`].
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.clock = Arc::new(clock);
         self
     }
+    /// Sets [`Config::recovery`].
     pub fn recovery(mut self, mode: RecoveryMode) -> Self {
         self.recovery = mode;
         self
     }
+    /// Sets [`Config::gc_interval`].
     pub fn gc_interval(mut self, every: Option<Duration>) -> Self {
         self.gc_interval = every;
         self
     }
+    /// Sets [`Config::compact_below`].
     pub fn compact_below(mut self, fraction: f64) -> Self {
         self.compact_below = fraction;
         self
     }
+    /// Sets [`Config::default_ttl`].
     pub fn default_ttl(mut self, ttl: Duration) -> Self {
         self.default_ttl = ttl;
         self
@@ -142,6 +151,6 @@ impl Config {
                 "gc_interval must be non-zero (or None)".into(),
             ));
         }
-        crate::store::check_ttl(self.default_ttl)
+        crate::limits::check_ttl(self.default_ttl)
     }
 }

@@ -13,8 +13,11 @@ pub enum Error {
     /// An I/O call failed. `op` names the call, `path` the file it was on.
     #[error("I/O error during {op} on {path}: {source}")]
     Io {
+        /// The call: "msync", "fsync dir", "rename", "fallocate", ...
         op: &'static str,
+        /// The file or directory it was called on.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: io::Error,
     },
@@ -24,50 +27,83 @@ pub enum Error {
     /// `Config::recovery = RecoveryMode::Salvage` keeps what is still valid.
     #[error("corruption in {file} at offset {offset}: {reason}")]
     Corruption {
+        /// The damaged file.
         file: PathBuf,
+        /// Byte offset in it of the first bad byte found.
         offset: u64,
+        /// What check failed.
         reason: &'static str,
     },
 
     /// The file was written by a newer format version than this build reads.
     #[error("{file} has format version {found}; this build reads up to {supported}")]
     UnsupportedVersion {
+        /// The file.
         file: PathBuf,
+        /// The version it carries.
         found: u32,
+        /// The newest version this build reads.
         supported: u32,
     },
 
     /// Another `Store` (in this or another process) has the directory open.
     #[error("store directory {dir} is locked by another open store")]
-    Locked { dir: PathBuf },
+    Locked {
+        /// The store directory.
+        dir: PathBuf,
+    },
 
     /// A key was empty or longer than [`crate::MAX_KEY_LEN`].
     #[error("invalid key of {len} bytes: keys must be 1 to {max} bytes", max = crate::MAX_KEY_LEN)]
-    InvalidKey { len: usize },
+    InvalidKey {
+        /// The length given.
+        len: usize,
+    },
 
     /// A TTL was zero or longer than [`crate::MAX_TTL`].
     #[error("invalid TTL {ttl:?}: it must be greater than zero and at most {max:?}", max = crate::MAX_TTL)]
-    InvalidTtl { ttl: std::time::Duration },
+    InvalidTtl {
+        /// The TTL given.
+        ttl: std::time::Duration,
+    },
 
     /// A batch's records would not fit in one log segment. Split it, or raise
     /// `Config::segment_size`.
     #[error("batch of {bytes} record bytes exceeds the limit of {max} (half a segment)")]
-    BatchTooLarge { bytes: usize, max: usize },
+    BatchTooLarge {
+        /// Record bytes the batch needs.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
 
     /// `claim` found the key with a different payload fingerprint: the same
     /// ID was used for a different message.
     #[error("idempotency key reused with a different payload (fingerprint {given:#x}, stored {stored:#x})")]
-    FingerprintMismatch { stored: u64, given: u64 },
+    FingerprintMismatch {
+        /// The fingerprint stored with the key.
+        stored: u64,
+        /// The fingerprint given now.
+        given: u64,
+    },
 
     /// `complete` or `release` with a token that no longer owns its key: the
     /// lease ran out and another caller claimed it, or it was completed,
     /// released or removed.
     #[error("claim token {id:#x} no longer owns its key")]
-    StaleToken { id: u64 },
+    StaleToken {
+        /// The token's id ([`crate::ClaimToken::id`]).
+        id: u64,
+    },
 
     /// A response for `complete` longer than [`crate::MAX_RESPONSE_LEN`].
     #[error("response of {len} bytes exceeds the limit of {max}")]
-    ResponseTooLarge { len: usize, max: usize },
+    ResponseTooLarge {
+        /// The response length given.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
 
     /// A `Config` value is out of range.
     #[error("invalid configuration: {0}")]

@@ -164,8 +164,10 @@ impl<F: Vfs> Inner<F> {
             .fetch_add(report.records_copied, Ordering::Relaxed);
         c.bytes_reclaimed
             .fetch_add(report.bytes_reclaimed, Ordering::Relaxed);
-        c.last_duration_us
-            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        c.last_duration_us.store(
+            u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         Ok(report)
     }
 

@@ -15,10 +15,14 @@ use hashbrown::HashTable;
 pub const SHARD_BITS: u32 = 8;
 pub const SHARDS: usize = 1 << SHARD_BITS;
 
+/// One index entry: where the key's latest record is, and its horizon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
+    /// Low 32 bits of the key's hash; a match is confirmed against the key.
     pub tag: u32,
+    /// Segment id of the record.
     pub seg: u32,
+    /// Byte offset of the record in its segment.
     pub off: u32,
     /// The key's *horizon* in whole seconds, rounded up: the latest expiry of
     /// the record the entry points at and of every older record of the key
@@ -33,14 +37,21 @@ pub struct Entry {
     pub keep_s: u32,
 }
 
+/// The key's 64-bit hash (xxh3): shard, tag and table position come from it.
 pub fn hash_key(key: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(key)
 }
 
+/// The shard of a hash: its top `SHARD_BITS` bits.
 pub fn shard_of(hash: u64) -> usize {
     (hash >> (64 - SHARD_BITS)) as usize
 }
 
+/// The tag of a hash: its low 32 bits.
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "the tag is the low 32 bits of the hash by definition"
+)]
 pub fn tag_of(hash: u64) -> u32 {
     hash as u32
 }
@@ -75,6 +86,7 @@ impl Entry {
     }
 }
 
+/// One shard of the index: a hash table of entries, behind its own lock.
 #[derive(Default)]
 pub struct Shard {
     table: HashTable<Entry>,
@@ -129,14 +141,17 @@ impl Shard {
         }
     }
 
+    /// Entries in the shard.
     pub fn len(&self) -> usize {
         self.table.len()
     }
 
+    /// True if the shard has no entry.
     pub fn is_empty(&self) -> bool {
         self.table.is_empty()
     }
 
+    /// Visits every entry.
     pub fn for_each(&self, f: impl FnMut(&Entry)) {
         self.table.iter().for_each(f);
     }
@@ -146,6 +161,7 @@ impl Shard {
         self.table.retain(keep);
     }
 
+    /// Makes room for `additional` more entries.
     pub fn reserve(&mut self, additional: usize) {
         self.table.reserve(additional, |e| spread(e.tag));
     }

@@ -220,10 +220,20 @@ impl<F: Vfs> Appender<'_, F> {
         self.reserve(table, len)?;
         let st = &mut *self.guard;
         let off = st.off;
-        st.active.write_with(off, len, fill);
+        // SAFETY: `[off, off + len)` lies past the last published record of
+        // the active segment (appends start at `st.off`), and only the holder
+        // of the log lock writes there; nobody reads it until the index (or a
+        // returned LSN) points at it, after this write.
+        unsafe { st.active.write_with(off, len, fill) };
         st.active.note_record(horizon);
         st.off = off + len;
-        Ok((st.active.id, off as u32, lsn(st.active.id, off + len)))
+        // Segments are at most 4 GiB (checked on open, 1 GiB when created).
+        let off32 = u32::try_from(off).map_err(|_| crate::Error::Corruption {
+            file: st.active.path.clone(),
+            offset: off as u64,
+            reason: "offset past 4 GiB",
+        })?;
+        Ok((st.active.id, off32, lsn(st.active.id, off + len)))
     }
 
     /// Makes sure the next `bytes` of appends fit in the active segment,

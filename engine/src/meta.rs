@@ -28,6 +28,7 @@ fn encode() -> [u8; LEN] {
     b
 }
 
+/// Checks a metadata file's bytes: magic, version, checksum.
 pub fn check(b: &[u8], path: &Path) -> Result<()> {
     let corrupt = |offset, reason| Error::Corruption {
         file: path.to_path_buf(),

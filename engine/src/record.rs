@@ -11,10 +11,11 @@
 //!       complete: fingerprint u64, response length u32, response
 //! ```
 
+pub use crate::limits::{MAX_KEY_LEN, MAX_RESPONSE_LEN};
+
+/// Bytes of the fixed record header (checksum, kind, flags, key length, expiry).
 pub const RECORD_HEADER_LEN: usize = 16;
-pub const MAX_KEY_LEN: usize = 1024;
-/// Largest response `complete` stores.
-pub const MAX_RESPONSE_LEN: usize = 32 << 10;
+/// The longest record: header, longest key, complete body, longest response.
 pub const MAX_RECORD_LEN: usize = RECORD_HEADER_LEN + MAX_KEY_LEN + 12 + MAX_RESPONSE_LEN;
 
 const FLAG_FINGERPRINT: u8 = 1;
@@ -25,33 +26,45 @@ pub const KIND_REMOVE: u8 = Kind::Remove as u8;
 pub const KIND_CLAIM: u8 = Kind::Claim as u8;
 pub const KIND_COMPLETE: u8 = Kind::Complete as u8;
 
+/// A record's kind, as stored in its kind byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Kind {
+    /// The key is recorded until the record's expiry.
     Insert = 1,
+    /// A removal (tombstone): the key is absent.
     Remove = 2,
+    /// The key is in progress, owned by a claim token, until the lease ends.
     Claim = 3,
+    /// The claimed work is done; carries the stored response.
     Complete = 4,
 }
 
 /// What a record carries besides its key and expiry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Body<'a> {
+    /// Nothing beyond key and expiry.
     Insert,
+    /// Nothing beyond key and expiry (the expiry is the removal's horizon).
     Remove,
     /// Work on the key is owned by `token` until the record expires (the lease).
     Claim {
+        /// Payload fingerprint given to `claim`, if any.
         fingerprint: Option<u64>,
+        /// The claim token: the LSN where the claim record was first written.
         token: u64,
     },
     /// The work is done; `response` is replayed to duplicates until expiry.
     Complete {
+        /// The claim's payload fingerprint, if any.
         fingerprint: Option<u64>,
+        /// The stored response (empty = none).
         response: &'a [u8],
     },
 }
 
 impl Body<'_> {
+    /// The kind of record this body makes.
     pub fn kind(&self) -> Kind {
         match self {
             Body::Insert => Kind::Insert,
@@ -69,6 +82,7 @@ impl Body<'_> {
         }
     }
 
+    /// The payload fingerprint, for a claim or complete that has one.
     pub fn fingerprint(&self) -> Option<u64> {
         match self {
             Body::Claim { fingerprint, .. } | Body::Complete { fingerprint, .. } => *fingerprint,
@@ -80,12 +94,15 @@ impl Body<'_> {
 /// A record borrowed from the bytes it was decoded from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Record<'a> {
+    /// The record's kind.
     pub kind: Kind,
-    /// For an insert, claim or complete, when it expires; for a remove, when
-    /// the record it removes would have expired (so GC knows how long the
-    /// removal matters).
+    /// For an insert, claim or complete, when it expires (ms since the
+    /// epoch); for a remove, its horizon: until when the records it removed
+    /// could still have been present (so GC knows how long it matters).
     pub expires_at: u64,
+    /// The key bytes.
     pub key: &'a [u8],
+    /// What follows the key.
     pub body: Body<'a>,
 }
 
@@ -105,6 +122,7 @@ pub fn encoded_len(key_len: usize) -> usize {
     RECORD_HEADER_LEN + key_len
 }
 
+/// Length of a record with this key length and body.
 pub fn body_len(key_len: usize, body: &Body<'_>) -> usize {
     RECORD_HEADER_LEN + key_len + body.extra_len()
 }
@@ -130,7 +148,8 @@ pub fn encode_body(out: &mut [u8], body: &Body<'_>, expires_at: u64, key: &[u8])
     } else {
         0
     };
-    out[6..8].copy_from_slice(&(key.len() as u16).to_le_bytes());
+    let key_len = u16::try_from(key.len()).unwrap_or(u16::MAX);
+    out[6..8].copy_from_slice(&key_len.to_le_bytes());
     out[8..16].copy_from_slice(&expires_at.to_le_bytes());
     let k = RECORD_HEADER_LEN + key.len();
     out[RECORD_HEADER_LEN..k].copy_from_slice(key);
@@ -145,7 +164,8 @@ pub fn encode_body(out: &mut [u8], body: &Body<'_>, expires_at: u64, key: &[u8])
             response,
         } => {
             out[k..k + 8].copy_from_slice(&fingerprint.unwrap_or(0).to_le_bytes());
-            out[k + 8..k + 12].copy_from_slice(&(response.len() as u32).to_le_bytes());
+            let n = u32::try_from(response.len()).unwrap_or(u32::MAX);
+            out[k + 8..k + 12].copy_from_slice(&n.to_le_bytes());
             out[k + 12..].copy_from_slice(response);
         }
     }

@@ -213,7 +213,7 @@ pub fn recover<F: Vfs>(
                     recs.push(Pending {
                         hash: hash_key(rec.key),
                         expires_at: rec.expires_at,
-                        off: off as u32,
+                        off: u32::try_from(off).unwrap_or(u32::MAX),
                     });
                 });
                 if stats.salvaged_bytes != salvaged {
@@ -234,7 +234,7 @@ pub fn recover<F: Vfs>(
                 // Size the tables once, from the first segment's bytes per
                 // record, instead of growing them step by step.
                 let per_record = ((end - HEADER_LEN) / recs.len()).max(1) as u64;
-                index.reserve_total((logged / per_record) as usize);
+                index.reserve_total(usize::try_from(logged / per_record).unwrap_or(0));
             }
             apply_segment(index, table, seg, &recs, &mut sorted, now);
             if seg.id == newest {
@@ -385,5 +385,7 @@ fn truncate_tail<F: Vfs>(seg: &Segment<F>, end: usize, stats: &mut RecoveryStats
         }
     }
     stats.truncated_bytes += (last + 1 - end) as u64;
-    seg.zero_range(end, last + 1);
+    // SAFETY: recovery runs before the segment is shared with any reader or
+    // writer; the scanner is the only thread touching this segment.
+    unsafe { seg.zero_range(end, last + 1) };
 }

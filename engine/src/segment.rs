@@ -183,7 +183,8 @@ impl<F: Vfs> Segment<F> {
             poison,
         };
         let header = encode_header(id);
-        seg.write(0, &header);
+        // SAFETY: the segment is not shared yet: this thread has all of it.
+        unsafe { seg.write(0, &header) };
         seg.write_watermark_slot(HEADER_LEN as u64);
         seg.sync(0, HEADER_LEN)?;
         seg.poison
@@ -239,14 +240,17 @@ impl<F: Vfs> Segment<F> {
         Ok((seg, wm))
     }
 
+    /// Length of the mapped file in bytes.
     pub fn capacity(&self) -> usize {
         self.map.map_len()
     }
 
     /// Bytes `[off, off + len)`.
     ///
-    /// Callers only read ranges that are not being written: published records
-    /// (immutable once appended), or anything before appends start.
+    /// Safe because every writer of a segment is an `unsafe fn` whose
+    /// contract keeps its range away from every range anyone may read: the
+    /// log writer writes only past the last published record; recovery and
+    /// segment creation write before the segment is shared.
     pub fn read(&self, off: usize, len: usize) -> &[u8] {
         assert!(
             off.checked_add(len)
@@ -258,10 +262,14 @@ impl<F: Vfs> Segment<F> {
         unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(off), len) }
     }
 
-    /// Copies `bytes` to `off`. Callers own `[off, off + len)` exclusively:
-    /// the log writer reserves it under its lock, and nobody reads it until
-    /// it is published.
-    pub fn write(&self, off: usize, bytes: &[u8]) {
+    /// Copies `bytes` to `off` (bounds-checked: panics past the end).
+    ///
+    /// # Safety
+    /// The caller has `[off, off + bytes.len())` to itself: no other thread
+    /// reads or writes it until the caller publishes it (the log writer owns
+    /// the range past the last published record under the log lock; recovery
+    /// and segment creation own the whole segment before it is shared).
+    pub unsafe fn write(&self, off: usize, bytes: &[u8]) {
         assert!(
             off.checked_add(bytes.len())
                 .is_some_and(|end| end <= self.map.map_len()),
@@ -275,8 +283,11 @@ impl<F: Vfs> Segment<F> {
         }
     }
 
-    /// Lets `fill` write `[off, off + len)` in place. Same contract as `write`.
-    pub fn write_with(&self, off: usize, len: usize, fill: impl FnOnce(&mut [u8])) {
+    /// Lets `fill` write `[off, off + len)` in place (bounds-checked).
+    ///
+    /// # Safety
+    /// As for [`Segment::write`]: the caller has the range to itself.
+    pub unsafe fn write_with(&self, off: usize, len: usize, fill: impl FnOnce(&mut [u8])) {
         assert!(
             off.checked_add(len)
                 .is_some_and(|end| end <= self.map.map_len()),
@@ -298,10 +309,15 @@ impl<F: Vfs> Segment<F> {
 
     /// Marks `[from, to)` dirty again, so the next sync writes it even if an
     /// earlier failed writeback left those pages clean but not on disk.
-    pub fn redirty(&self, from: usize, to: usize) {
+    ///
+    /// # Safety
+    /// As for [`Segment::write`] (the bytes are rewritten with themselves):
+    /// only while the segment is not shared yet (at open).
+    pub unsafe fn redirty(&self, from: usize, to: usize) {
         let to = to.min(self.capacity());
         if from < to {
-            self.map.redirty(from, to - from);
+            // SAFETY: the caller's contract is the mapping's.
+            unsafe { self.map.redirty(from, to - from) };
         }
     }
 
@@ -314,7 +330,10 @@ impl<F: Vfs> Segment<F> {
         slot[0..8].copy_from_slice(&wm.to_le_bytes());
         let crc = crc32fast::hash(&slot[0..8]);
         slot[8..12].copy_from_slice(&crc.to_le_bytes());
-        self.write(WATERMARK_OFF, &slot);
+        // SAFETY: the header's watermark slot is written only here, under
+        // the watermark lock, and read only by recovery before the segment is
+        // shared; records start past the header.
+        unsafe { self.write(WATERMARK_OFF, &slot) };
     }
 
     /// Records that `[0, wm)` is durable. Call only after a completed sync of
@@ -349,14 +368,18 @@ impl<F: Vfs> Segment<F> {
 
     /// Overwrites `[from, to)` with zeros (torn tail cleanup), only where
     /// non-zero so untouched preallocated pages stay untouched.
-    pub fn zero_range(&self, from: usize, to: usize) {
+    ///
+    /// # Safety
+    /// As for [`Segment::write`]: only during recovery, before sharing.
+    pub unsafe fn zero_range(&self, from: usize, to: usize) {
         const CHUNK: usize = 4096;
         let mut off = from;
         while off < to {
             let end = (off - off % CHUNK + CHUNK).min(to);
             if self.read(off, end - off).iter().any(|&b| b != 0) {
                 let zeros = [0u8; CHUNK];
-                self.write(off, &zeros[..end - off]);
+                // SAFETY: the caller has the range to itself (contract).
+                unsafe { self.write(off, &zeros[..end - off]) };
             }
             off = end;
         }

@@ -424,7 +424,7 @@ impl Mapping for SimMap {
     fn map_len(&self) -> usize {
         self.len
     }
-    fn redirty(&self, _off: usize, _len: usize) {
+    unsafe fn redirty(&self, _off: usize, _len: usize) {
         // Every sync copies the whole live range, so nothing is ever clean
         // but lost here.
     }

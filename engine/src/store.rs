@@ -14,15 +14,13 @@ use crate::config::{Config, Durability};
 use crate::error::{io_err, Error, Result};
 use crate::gc::{live_per_segment, GcCounters, GcReport};
 use crate::index::{hash_key, keep_secs, shard_of, tag_of, Entry, Index, Shard};
+use crate::limits::{check_key, check_ttl, expiry};
 use crate::log::{lsn, record_at, Appender, Log, Lsn, SegmentTable};
 use crate::poison::Poison;
-use crate::record::{self, Kind, MAX_KEY_LEN};
+use crate::record::{self, Kind};
 use crate::recovery::{self, entry_is_key, RecoveryStats};
 use crate::segment::HEADER_LEN;
 use crate::vfs::{OsFs, Vfs};
-
-/// The longest TTL accepted: 10 years.
-pub const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 const LOCK_FILE: &str = "LOCK";
 
@@ -32,10 +30,14 @@ pub enum Outcome {
     /// The ID was new; it is now recorded until its TTL ends. Process the message.
     Inserted,
     /// The ID was already recorded and has not expired. Skip the message.
-    Duplicate { expires_at: SystemTime },
+    Duplicate {
+        /// When the recorded ID expires (a duplicate does not extend it).
+        expires_at: SystemTime,
+    },
 }
 
 impl Outcome {
+    /// True for `Inserted`: the message is new, process it.
     pub fn is_inserted(&self) -> bool {
         matches!(self, Outcome::Inserted)
     }
@@ -60,11 +62,13 @@ pub struct Stats {
     /// Estimated bytes of records no longer needed (expired, superseded,
     /// removed), which GC can reclaim.
     pub dead_bytes: u64,
+    /// Segment files.
     pub segments: u64,
     /// Heap bytes held by the index tables.
     pub index_bytes: u64,
     /// Torn or unsynced records cut from the log's tail on the last open.
     pub truncated_records: u64,
+    /// Bytes cut from the log's tail on the last open.
     pub truncated_bytes: u64,
     /// Damaged bytes skipped on the last open under `RecoveryMode::Salvage`.
     pub salvaged_bytes: u64,
@@ -74,9 +78,13 @@ pub struct Stats {
     pub gc_runs: u64,
     /// Segment bytes deleted by GC since open.
     pub gc_bytes_reclaimed: u64,
+    /// Segments GC deleted whole (every record past its horizon) since open.
     pub gc_segments_deleted: u64,
+    /// Segments GC compacted (needed records copied forward) since open.
     pub gc_segments_compacted: u64,
+    /// Records compaction copied forward since open.
     pub gc_records_copied: u64,
+    /// How long the last GC run took.
     pub gc_last_duration: Duration,
 }
 
@@ -107,20 +115,6 @@ pub struct Store<F: Vfs = OsFs> {
     inner: Arc<Inner<F>>,
     flusher: Option<(Sender<()>, JoinHandle<()>)>,
     gc: Option<(Sender<GcMsg>, JoinHandle<()>)>,
-}
-
-pub(crate) fn check_ttl(ttl: Duration) -> Result<()> {
-    if ttl.is_zero() || ttl > MAX_TTL {
-        return Err(Error::InvalidTtl { ttl });
-    }
-    Ok(())
-}
-
-pub(crate) fn check_key(key: &[u8]) -> Result<()> {
-    if key.is_empty() || key.len() > MAX_KEY_LEN {
-        return Err(Error::InvalidKey { len: key.len() });
-    }
-    Ok(())
 }
 
 impl Store<OsFs> {
@@ -158,8 +152,9 @@ impl<F: Vfs> Store<F> {
         // stale records cannot reappear behind new appends. Then sync the
         // whole segment (only dirty pages are written) and set the watermark
         // to the end of the recovered records: exactly what is durable now.
-        let from = (rec.active_wm as usize).min(rec.end);
-        rec.active.redirty(from, rec.end);
+        let from = usize::try_from(rec.active_wm).map_or(rec.end, |w| w.min(rec.end));
+        // SAFETY: the store is not shared yet; this thread has the segment.
+        unsafe { rec.active.redirty(from, rec.end) };
         rec.active.sync(0, rec.active.capacity())?;
         rec.active.reset_watermark(rec.end as u64)?;
         let commit = Commit::default();
@@ -211,7 +206,7 @@ impl<F: Vfs> Store<F> {
         check_ttl(ttl)?;
         let inner = &*self.inner;
         let now = inner.config.clock.now_ms();
-        let expires_at = now.saturating_add(ttl.as_millis() as u64);
+        let expires_at = expiry(now, ttl);
         let h = hash_key(key);
         let (outcome, need) = {
             let mut shard = inner.index.lock(shard_of(h));
@@ -250,12 +245,15 @@ impl<F: Vfs> Store<F> {
             .iter()
             .map(|k| record::encoded_len(k.as_ref().len()))
             .sum();
-        let max = (inner.config.segment_size as usize - HEADER_LEN) / 2;
+        let max = usize::try_from(inner.config.segment_size)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(HEADER_LEN)
+            / 2;
         if bytes > max {
             return Err(Error::BatchTooLarge { bytes, max });
         }
         let now = inner.config.clock.now_ms();
-        let expires_at = now.saturating_add(ttl.as_millis() as u64);
+        let expires_at = expiry(now, ttl);
         let hashes: Vec<u64> = keys.iter().map(|k| hash_key(k.as_ref())).collect();
         let mut shard_ids: Vec<usize> = hashes.iter().map(|&h| shard_of(h)).collect();
         shard_ids.sort_unstable();
@@ -381,6 +379,8 @@ impl<F: Vfs> Store<F> {
             indexed_keys: inner.index.len() as u64,
             disk_bytes: segs.iter().map(|s| s.capacity() as u64).sum(),
             log_bytes,
+            // An estimate; float-to-int `as` saturates.
+            #[expect(clippy::cast_possible_truncation, reason = "an estimate, saturating")]
             dead_bytes: dead_bytes as u64,
             segments: segs.len() as u64,
             index_bytes: inner.index.heap_bytes() as u64,
@@ -428,6 +428,7 @@ impl<F: Vfs> Store<F> {
         }
     }
 
+    /// Resumes the background GC after [`Store::pause_gc`].
     pub fn resume_gc(&self) {
         if let Some((tx, _)) = &self.gc {
             let _ = tx.send(GcMsg::Resume);
@@ -445,10 +446,12 @@ impl<F: Vfs> Store<F> {
         &self.inner
     }
 
+    /// The configuration the store was opened with.
     pub fn config(&self) -> &Config {
         &self.inner.config
     }
 
+    /// The store's directory.
     pub fn dir(&self) -> &Path {
         &self.inner.dir
     }

@@ -10,18 +10,23 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::Path;
 
-/// A file system as the engine sees it.
+/// A file system as the engine sees it: the testing seam. [`OsFs`] is the
+/// real one; the `sim` feature's `SimFs` simulates power loss and faults.
 pub trait Vfs: Send + Sync + 'static {
+    /// An open file.
     type File: VfsFile;
     /// Held for as long as the store is open.
     type Lock: Send + Sync;
 
+    /// Creates `dir` and its parents if missing.
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// File names (not paths) in `dir`.
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
     /// Opens read-write, creating the file if `create`.
     fn open(&self, path: &Path, create: bool) -> io::Result<Self::File>;
+    /// Unlinks a file (durable only after `sync_dir`).
     fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Renames a file, replacing `to` (durable only after `sync_dir`).
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Makes created, renamed and removed directory entries durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
@@ -31,12 +36,15 @@ pub trait Vfs: Send + Sync + 'static {
 
 /// An open file.
 pub trait VfsFile: Send + Sync + Sized + 'static {
+    /// A mapping of this file.
     type Map: Mapping;
 
+    /// The file's length in bytes.
     fn file_len(&self) -> io::Result<u64>;
     /// Reserves real disk blocks up to `len` (never sparse), so later writes
     /// through a mapping cannot hit a full disk.
     fn allocate(&self, len: u64) -> io::Result<()>;
+    /// The whole file's contents.
     fn read_all(&self) -> io::Result<Vec<u8>>;
     /// Writes `buf` at the start, replacing the file's contents.
     fn write_all(&self, buf: &[u8]) -> io::Result<()>;
@@ -49,21 +57,32 @@ pub trait VfsFile: Send + Sync + Sized + 'static {
 }
 
 /// A shared writable mapping of a whole file.
+///
+/// The engine reads and writes the bytes through `as_ptr` itself; which
+/// ranges may be read or written when is the segment's contract
+/// (`Segment::write` is an `unsafe fn` that states it).
 pub trait Mapping: Send + Sync + 'static {
+    /// Base address of the mapping, valid for `map_len` bytes while `self` lives.
     fn as_ptr(&self) -> *mut u8;
+    /// Length of the mapping in bytes.
     fn map_len(&self) -> usize;
     /// msync(MS_SYNC) of `[off, off + len)`: those bytes are durable on return.
     fn sync_range(&self, off: usize, len: usize) -> io::Result<()>;
     /// Marks every page of `[off, off + len)` dirty (in bounds), so the next
     /// sync writes it again: after a failed writeback Linux may have marked
     /// pages clean that never reached the disk.
-    fn redirty(&self, off: usize, len: usize);
+    ///
+    /// # Safety
+    /// No other thread reads or writes the range meanwhile (the bytes may be
+    /// rewritten with themselves).
+    unsafe fn redirty(&self, off: usize, len: usize);
 }
 
 /// The real file system.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct OsFs;
 
+/// A file of [`OsFs`].
 pub struct OsFile(File);
 
 impl Vfs for OsFs {
@@ -157,6 +176,8 @@ impl VfsFile for OsFile {
         if populate {
             opts.populate();
         }
+        // SAFETY: see above: the mapped file is only changed through this
+        // mapping by the store that holds the directory lock.
         let mut map = unsafe { opts.map_mut(&self.0)? };
         Ok(OsMap {
             ptr: map.as_mut_ptr(),
@@ -165,6 +186,7 @@ impl VfsFile for OsFile {
     }
 }
 
+/// A mapping of an [`OsFile`] (`memmap2`).
 pub struct OsMap {
     map: memmap2::MmapMut,
     ptr: *mut u8,
@@ -187,7 +209,7 @@ impl Mapping for OsMap {
     fn sync_range(&self, off: usize, len: usize) -> io::Result<()> {
         self.map.flush_range(off, len)
     }
-    fn redirty(&self, off: usize, len: usize) {
+    unsafe fn redirty(&self, off: usize, len: usize) {
         const PAGE: usize = 4096;
         let end = off.saturating_add(len).min(self.map.len());
         let mut p = off - off % PAGE;
@@ -196,7 +218,7 @@ impl Mapping for OsMap {
             // SAFETY: `at` is in bounds of the mapping (checked by the loop
             // bound). Rewriting a byte with its own value changes nothing a
             // reader can see; the write fault is what marks the page dirty.
-            // Callers only redirty ranges no other thread writes (at open).
+            // Nobody else touches the range (the caller's contract).
             unsafe {
                 let ptr = self.ptr.add(at);
                 std::ptr::write_volatile(ptr, std::ptr::read_volatile(ptr));
