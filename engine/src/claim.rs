@@ -22,9 +22,8 @@ use crate::clock::to_system_time;
 use crate::error::{Error, Result};
 use crate::index::{hash_key, keep_secs, shard_of, tag_of, Entry, Shard};
 use crate::limits::{check_key, check_ttl, expiry};
-use crate::log::{record_at, Lsn};
+use crate::log::{entry_is_key, record_at, Lsn};
 use crate::record::{self, Body, Decoded, MAX_RESPONSE_LEN};
-use crate::recovery::entry_is_key;
 use crate::store::{Inner, Store};
 use crate::vfs::Vfs;
 

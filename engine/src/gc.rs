@@ -38,9 +38,8 @@ use std::time::Instant;
 
 use crate::error::{io_err, Error, Result};
 use crate::index::{hash_key, shard_of, tag_of, Entry, SHARDS};
-use crate::log::lsn;
+use crate::log::{entry_is_key, lsn};
 use crate::record::{self, Decoded};
-use crate::recovery::entry_is_key;
 use crate::segment::{Segment, HEADER_LEN};
 use crate::store::Inner;
 use crate::vfs::Vfs;

@@ -142,6 +142,7 @@ mod clock;
 mod commit;
 mod config;
 mod error;
+mod format;
 mod gc;
 mod index;
 mod limits;

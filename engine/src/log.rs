@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use crate::error::Result;
+use crate::format::{le, rec};
+use crate::index::Entry;
 use crate::poison::Poison;
 use crate::record::{self, Body, Kind};
 use crate::segment::Segment;
@@ -78,13 +80,21 @@ pub fn record_at<F: Vfs>(seg: &Segment<F>, off: u32) -> &[u8] {
     let k = record::RECORD_HEADER_LEN + record::key_len_of(head);
     let len = match record::kind_byte_of(head) {
         record::KIND_COMPLETE => {
-            let n = seg.read(off + k + 8, 4);
-            k + 12 + u32::from_le_bytes([n[0], n[1], n[2], n[3]]) as usize
+            let n = seg.read(off + k + rec::BODY_RESPONSE_LEN, 4);
+            let n = usize::try_from(le::u32_at(n, 0)).unwrap_or(usize::MAX);
+            k + rec::BODY_RESPONSE + n
         }
-        record::KIND_CLAIM => k + 16,
+        record::KIND_CLAIM => k + rec::CLAIM_BODY_LEN,
         _ => k,
     };
     seg.read(off, len)
+}
+
+/// Does the key stored at `e` equal `key`?
+pub fn entry_is_key<F: Vfs>(table: &SegmentTable<F>, e: &Entry, key: &[u8]) -> bool {
+    table
+        .with(e.seg, |s| key_of(record_at(s, e.off)) == key)
+        .unwrap_or(false)
 }
 
 /// The key of a record returned by `record_at`.

@@ -11,20 +11,19 @@
 use std::path::Path;
 
 use crate::error::{io_err, Error, Result};
-use crate::segment::FORMAT_VERSION;
+use crate::format::{le, meta as at, FORMAT_VERSION};
 use crate::vfs::{Vfs, VfsFile};
 
 pub const FILE_NAME: &str = "dedupstore.meta";
 const TMP_NAME: &str = "dedupstore.meta.tmp";
-pub const MAGIC: &[u8; 8] = b"DDUPMETA";
-pub const LEN: usize = 20;
+pub use crate::format::meta::{LEN, MAGIC};
 
 fn encode() -> [u8; LEN] {
     let mut b = [0u8; LEN];
-    b[0..8].copy_from_slice(MAGIC);
-    b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-    let crc = crc32fast::hash(&b[0..16]);
-    b[16..20].copy_from_slice(&crc.to_le_bytes());
+    b[0..MAGIC.len()].copy_from_slice(MAGIC);
+    le::put_u32(&mut b, at::VERSION, FORMAT_VERSION);
+    let crc = crc32fast::hash(&b[0..at::CRC]);
+    le::put_u32(&mut b, at::CRC, crc);
     b
 }
 
@@ -38,10 +37,10 @@ pub fn check(b: &[u8], path: &Path) -> Result<()> {
     if b.len() < LEN {
         return Err(corrupt(b.len() as u64, "metadata file is truncated"));
     }
-    if &b[0..8] != MAGIC {
+    if &b[0..MAGIC.len()] != MAGIC {
         return Err(corrupt(0, "not a dedupstore metadata file (bad magic)"));
     }
-    let version = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
+    let version = le::u32_at(b, at::VERSION);
     if version > FORMAT_VERSION {
         return Err(Error::UnsupportedVersion {
             file: path.to_path_buf(),
@@ -49,11 +48,11 @@ pub fn check(b: &[u8], path: &Path) -> Result<()> {
             supported: FORMAT_VERSION,
         });
     }
-    if crc32fast::hash(&b[0..16]) != u32::from_le_bytes([b[16], b[17], b[18], b[19]]) {
-        return Err(corrupt(16, "metadata checksum mismatch"));
+    if crc32fast::hash(&b[0..at::CRC]) != le::u32_at(b, at::CRC) {
+        return Err(corrupt(at::CRC as u64, "metadata checksum mismatch"));
     }
     if version == 0 {
-        return Err(corrupt(8, "format version 0"));
+        return Err(corrupt(at::VERSION as u64, "format version 0"));
     }
     Ok(())
 }

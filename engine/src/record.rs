@@ -13,8 +13,10 @@
 
 pub use crate::limits::{MAX_KEY_LEN, MAX_RESPONSE_LEN};
 
+use crate::format::{le, rec as at};
+
 /// Bytes of the fixed record header (checksum, kind, flags, key length, expiry).
-pub const RECORD_HEADER_LEN: usize = 16;
+pub const RECORD_HEADER_LEN: usize = at::HEADER_LEN;
 /// The longest record: header, longest key, complete body, longest response.
 pub const MAX_RECORD_LEN: usize = RECORD_HEADER_LEN + MAX_KEY_LEN + 12 + MAX_RESPONSE_LEN;
 
@@ -142,41 +144,48 @@ pub fn encode(out: &mut [u8], kind: Kind, expires_at: u64, key: &[u8]) {
 pub fn encode_body(out: &mut [u8], body: &Body<'_>, expires_at: u64, key: &[u8]) {
     debug_assert!(!key.is_empty() && key.len() <= MAX_KEY_LEN);
     debug_assert_eq!(out.len(), body_len(key.len(), body));
-    out[4] = body.kind() as u8;
-    out[5] = if body.fingerprint().is_some() {
+    out[at::KIND] = body.kind() as u8;
+    out[at::FLAGS] = if body.fingerprint().is_some() {
         FLAG_FINGERPRINT
     } else {
         0
     };
-    let key_len = u16::try_from(key.len()).unwrap_or(u16::MAX);
-    out[6..8].copy_from_slice(&key_len.to_le_bytes());
-    out[8..16].copy_from_slice(&expires_at.to_le_bytes());
+    le::put_u16(
+        out,
+        at::KEY_LEN,
+        u16::try_from(key.len()).unwrap_or(u16::MAX),
+    );
+    le::put_u64(out, at::EXPIRES_AT, expires_at);
     let k = RECORD_HEADER_LEN + key.len();
     out[RECORD_HEADER_LEN..k].copy_from_slice(key);
     match body {
         Body::Insert | Body::Remove => {}
         Body::Claim { fingerprint, token } => {
-            out[k..k + 8].copy_from_slice(&fingerprint.unwrap_or(0).to_le_bytes());
-            out[k + 8..k + 16].copy_from_slice(&token.to_le_bytes());
+            le::put_u64(out, k + at::BODY_FINGERPRINT, fingerprint.unwrap_or(0));
+            le::put_u64(out, k + at::BODY_TOKEN, *token);
         }
         Body::Complete {
             fingerprint,
             response,
         } => {
-            out[k..k + 8].copy_from_slice(&fingerprint.unwrap_or(0).to_le_bytes());
+            le::put_u64(out, k + at::BODY_FINGERPRINT, fingerprint.unwrap_or(0));
             let n = u32::try_from(response.len()).unwrap_or(u32::MAX);
-            out[k + 8..k + 12].copy_from_slice(&n.to_le_bytes());
-            out[k + 12..].copy_from_slice(response);
+            le::put_u32(out, k + at::BODY_RESPONSE_LEN, n);
+            out[k + at::BODY_RESPONSE..].copy_from_slice(response);
         }
     }
-    let crc = crc32fast::hash(&out[4..]);
-    out[0..4].copy_from_slice(&crc.to_le_bytes());
+    let crc = crc32fast::hash(&out[at::KIND..]);
+    le::put_u32(out, at::CRC, crc);
+    // Paired assertion: what was encoded decodes to the same record.
+    debug_assert!(matches!(
+        decode(out),
+        Decoded::Record(r, n) if n == out.len() && r.key == key && r.body == *body
+            && r.expires_at == expires_at
+    ));
 }
 
 fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
+    le::u64_at(b, at)
 }
 
 /// Decodes the record at the start of `buf`. Never panics, whatever the bytes.
@@ -194,14 +203,14 @@ pub fn decode(buf: &[u8]) -> Decoded<'_> {
     if head.iter().all(|&b| b == 0) {
         return Decoded::End;
     }
-    let kind = match head[4] {
+    let kind = match head[at::KIND] {
         KIND_INSERT => Kind::Insert,
         KIND_REMOVE => Kind::Remove,
         KIND_CLAIM => Kind::Claim,
         KIND_COMPLETE => Kind::Complete,
         _ => return Decoded::Invalid("unknown record kind"),
     };
-    let flags = head[5];
+    let flags = head[at::FLAGS];
     let allowed = if matches!(kind, Kind::Claim | Kind::Complete) {
         FLAG_FINGERPRINT
     } else {
@@ -210,34 +219,34 @@ pub fn decode(buf: &[u8]) -> Decoded<'_> {
     if flags & !allowed != 0 {
         return Decoded::Invalid("unknown record flags");
     }
-    let key_len = u16::from_le_bytes([head[6], head[7]]) as usize;
+    let key_len = usize::from(le::u16_at(head, at::KEY_LEN));
     if key_len == 0 || key_len > MAX_KEY_LEN {
         return Decoded::Invalid("key length out of range");
     }
     let k = RECORD_HEADER_LEN + key_len;
     let len = match kind {
         Kind::Insert | Kind::Remove => k,
-        Kind::Claim => k + 16,
+        Kind::Claim => k + at::CLAIM_BODY_LEN,
         Kind::Complete => {
-            let Some(n) = buf.get(k + 8..k + 12) else {
+            let Some(n) = buf.get(k + at::BODY_RESPONSE_LEN..k + at::BODY_RESPONSE) else {
                 return Decoded::Invalid("record extends past the end of the segment");
             };
-            let n = u32::from_le_bytes([n[0], n[1], n[2], n[3]]) as usize;
+            let n = usize::try_from(le::u32_at(n, 0)).unwrap_or(usize::MAX);
             if n > MAX_RESPONSE_LEN {
                 return Decoded::Invalid("response length out of range");
             }
-            k + 12 + n
+            k + at::BODY_RESPONSE + n
         }
     };
     let Some(rec) = buf.get(..len) else {
         return Decoded::Invalid("record extends past the end of the segment");
     };
-    let stored = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
-    if crc32fast::hash(&rec[4..]) != stored {
+    let stored = le::u32_at(head, at::CRC);
+    if crc32fast::hash(&rec[at::KIND..]) != stored {
         return Decoded::Invalid("record checksum mismatch");
     }
     let fingerprint = match (kind, flags & FLAG_FINGERPRINT != 0) {
-        (Kind::Claim | Kind::Complete, true) => Some(u64_at(rec, k)),
+        (Kind::Claim | Kind::Complete, true) => Some(u64_at(rec, k + at::BODY_FINGERPRINT)),
         // One encoding per record: without the flag the field must be zero.
         (Kind::Claim | Kind::Complete, false) if u64_at(rec, k) != 0 => {
             return Decoded::Invalid("fingerprint field set without its flag")
@@ -249,17 +258,17 @@ pub fn decode(buf: &[u8]) -> Decoded<'_> {
         Kind::Remove => Body::Remove,
         Kind::Claim => Body::Claim {
             fingerprint,
-            token: u64_at(rec, k + 8),
+            token: u64_at(rec, k + at::BODY_TOKEN),
         },
         Kind::Complete => Body::Complete {
             fingerprint,
-            response: &rec[k + 12..],
+            response: &rec[k + at::BODY_RESPONSE..],
         },
     };
     Decoded::Record(
         Record {
             kind,
-            expires_at: u64_at(head, 8),
+            expires_at: u64_at(head, at::EXPIRES_AT),
             key: &rec[RECORD_HEADER_LEN..k],
             body,
         },
@@ -269,17 +278,17 @@ pub fn decode(buf: &[u8]) -> Decoded<'_> {
 
 /// Reads the expiry of a record already known to be valid (index hits).
 pub fn expires_at_of(rec: &[u8]) -> u64 {
-    u64_at(rec, 8)
+    u64_at(rec, at::EXPIRES_AT)
 }
 
 /// Reads the key length of a record already known to be valid.
 pub fn key_len_of(rec: &[u8]) -> usize {
-    u16::from_le_bytes([rec[6], rec[7]]) as usize
+    usize::from(le::u16_at(rec, at::KEY_LEN))
 }
 
 /// Reads the kind byte of a record already known to be valid.
 pub fn kind_byte_of(rec: &[u8]) -> u8 {
-    rec[4]
+    rec[at::KIND]
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::config::{Config, RecoveryMode};
 use crate::error::{io_err, Error, Result};
 use crate::index::{hash_key, keep_secs, shard_of, tag_of, Entry, Index, SHARDS};
-use crate::log::{key_of, record_at, SegmentTable};
+use crate::log::{entry_is_key, key_of, record_at, SegmentTable};
 use crate::poison::Poison;
 use crate::record::{self, Decoded, Record};
 use crate::segment::{self, Segment, HEADER_LEN};
@@ -33,13 +33,6 @@ pub struct Recovered<F: Vfs> {
     /// Segments in which `RecoveryMode::Salvage` skipped damaged bytes; open
     /// rewrites them so that later strict opens do not trip on the damage.
     pub damaged: Vec<u32>,
-}
-
-/// Does the key stored at `e` equal `key`?
-pub fn entry_is_key<F: Vfs>(table: &SegmentTable<F>, e: &Entry, key: &[u8]) -> bool {
-    table
-        .with(e.seg, |s| key_of(record_at(s, e.off)) == key)
-        .unwrap_or(false)
 }
 
 /// A record read during recovery, waiting to be applied to the index.

@@ -20,10 +20,9 @@ use crate::error::{io_err, Error, Result};
 use crate::poison::Poison;
 use crate::vfs::{Mapping as _, Vfs, VfsFile};
 
-pub const MAGIC: &[u8; 8] = b"DDUPSEG\0";
-pub const FORMAT_VERSION: u32 = 1;
-pub const HEADER_LEN: usize = 64;
-const WATERMARK_OFF: usize = 24;
+pub use crate::format::seg::{HEADER_LEN, MAGIC};
+pub use crate::format::FORMAT_VERSION;
+use crate::format::{le, seg as at};
 
 pub fn file_name(id: u32) -> String {
     format!("seg-{id:010}.log")
@@ -65,24 +64,12 @@ pub struct Segment<F: Vfs> {
 
 fn encode_header(id: u32) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
-    h[0..8].copy_from_slice(MAGIC);
-    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-    h[12..16].copy_from_slice(&id.to_le_bytes());
-    let crc = crc32fast::hash(&h[0..20]);
-    h[20..24].copy_from_slice(&crc.to_le_bytes());
+    h[0..MAGIC.len()].copy_from_slice(MAGIC);
+    le::put_u32(&mut h, at::VERSION, FORMAT_VERSION);
+    le::put_u32(&mut h, at::ID, id);
+    let crc = crc32fast::hash(&h[0..at::HEADER_CRC]);
+    le::put_u32(&mut h, at::HEADER_CRC, crc);
     h
-}
-
-fn u32_at(b: &[u8], off: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[off..off + 4]);
-    u32::from_le_bytes(a)
-}
-
-fn u64_at(b: &[u8], off: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[off..off + 8]);
-    u64::from_le_bytes(a)
 }
 
 /// Checks a segment header. Returns the watermark, or `None` if its slot is
@@ -96,10 +83,10 @@ pub fn check_header(h: &[u8], expect_id: u32, path: &Path) -> Result<Option<u64>
     if h.len() < HEADER_LEN {
         return Err(corrupt(0, "segment shorter than its header"));
     }
-    if &h[0..8] != MAGIC {
+    if &h[0..MAGIC.len()] != MAGIC {
         return Err(corrupt(0, "bad segment magic"));
     }
-    let version = u32_at(h, 8);
+    let version = le::u32_at(h, at::VERSION);
     if version > FORMAT_VERSION {
         return Err(Error::UnsupportedVersion {
             file: path.to_path_buf(),
@@ -107,17 +94,23 @@ pub fn check_header(h: &[u8], expect_id: u32, path: &Path) -> Result<Option<u64>
             supported: FORMAT_VERSION,
         });
     }
-    if crc32fast::hash(&h[0..20]) != u32_at(h, 20) {
-        return Err(corrupt(20, "segment header checksum mismatch"));
+    if crc32fast::hash(&h[0..at::HEADER_CRC]) != le::u32_at(h, at::HEADER_CRC) {
+        return Err(corrupt(
+            at::HEADER_CRC as u64,
+            "segment header checksum mismatch",
+        ));
     }
     if version == 0 {
-        return Err(corrupt(8, "segment format version 0"));
+        return Err(corrupt(at::VERSION as u64, "segment format version 0"));
     }
-    if u32_at(h, 12) != expect_id {
-        return Err(corrupt(12, "segment id does not match file name"));
+    if le::u32_at(h, at::ID) != expect_id {
+        return Err(corrupt(
+            at::ID as u64,
+            "segment id does not match file name",
+        ));
     }
-    let wm = u64_at(h, WATERMARK_OFF);
-    if crc32fast::hash(&h[WATERMARK_OFF..WATERMARK_OFF + 8]) == u32_at(h, 32)
+    let wm = le::u64_at(h, at::WATERMARK);
+    if crc32fast::hash(&h[at::WATERMARK..at::WATERMARK_CRC]) == le::u32_at(h, at::WATERMARK_CRC)
         && wm >= HEADER_LEN as u64
     {
         Ok(Some(wm))
@@ -326,14 +319,14 @@ impl<F: Vfs> Segment<F> {
     }
 
     fn write_watermark_slot(&self, wm: u64) {
-        let mut slot = [0u8; 12];
-        slot[0..8].copy_from_slice(&wm.to_le_bytes());
+        let mut slot = [0u8; at::WATERMARK_SLOT_END - at::WATERMARK];
+        le::put_u64(&mut slot, 0, wm);
         let crc = crc32fast::hash(&slot[0..8]);
-        slot[8..12].copy_from_slice(&crc.to_le_bytes());
+        le::put_u32(&mut slot, 8, crc);
         // SAFETY: the header's watermark slot is written only here, under
         // the watermark lock, and read only by recovery before the segment is
         // shared; records start past the header.
-        unsafe { self.write(WATERMARK_OFF, &slot) };
+        unsafe { self.write(at::WATERMARK, &slot) };
     }
 
     /// Records that `[0, wm)` is durable. Call only after a completed sync of

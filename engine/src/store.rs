@@ -15,10 +15,10 @@ use crate::error::{io_err, Error, Result};
 use crate::gc::{live_per_segment, GcCounters, GcReport};
 use crate::index::{hash_key, keep_secs, shard_of, tag_of, Entry, Index, Shard};
 use crate::limits::{check_key, check_ttl, expiry};
-use crate::log::{lsn, record_at, Appender, Log, Lsn, SegmentTable};
+use crate::log::{entry_is_key, lsn, record_at, Appender, Log, Lsn, SegmentTable};
 use crate::poison::Poison;
 use crate::record::{self, Kind};
-use crate::recovery::{self, entry_is_key, RecoveryStats};
+use crate::recovery::{self, RecoveryStats};
 use crate::segment::HEADER_LEN;
 use crate::vfs::{OsFs, Vfs};
 

@@ -1,0 +1,105 @@
+//! The on-disk format's byte layout, every offset in one place, and the one
+//! little-endian reader and writer. docs/FORMAT.md describes the same bytes;
+//! `meta.rs`, `segment.rs` and `record.rs` encode and check them.
+
+/// The format version written and the newest one read.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// `dedupstore.meta`.
+pub mod meta {
+    /// Magic at 0..8.
+    pub const MAGIC: &[u8; 8] = b"DDUPMETA";
+    /// Length of the file.
+    pub const LEN: usize = 20;
+    /// u32 format version.
+    pub const VERSION: usize = 8;
+    /// u32 CRC-32 of bytes `0..CRC`.
+    pub const CRC: usize = 16;
+}
+
+/// The 64-byte segment header.
+pub mod seg {
+    /// Magic at 0..8.
+    pub const MAGIC: &[u8; 8] = b"DDUPSEG\0";
+    /// Bytes of header before the first record.
+    pub const HEADER_LEN: usize = 64;
+    /// u32 format version.
+    pub const VERSION: usize = 8;
+    /// u32 segment id (equals the id in the file name).
+    pub const ID: usize = 12;
+    /// u32 CRC-32 of bytes `0..HEADER_CRC`.
+    pub const HEADER_CRC: usize = 20;
+    /// u64 watermark: every byte below it was durable when it was written.
+    pub const WATERMARK: usize = 24;
+    /// u32 CRC-32 of the 8 watermark bytes.
+    pub const WATERMARK_CRC: usize = 32;
+    /// End of the watermark slot (watermark + its CRC).
+    pub const WATERMARK_SLOT_END: usize = 36;
+}
+
+/// A record: 16-byte header, key, then a body for claims and completes.
+pub mod rec {
+    /// u32 CRC-32 of bytes `KIND..` to the end of the record.
+    pub const CRC: usize = 0;
+    /// u8 kind: 1 insert, 2 remove, 3 claim, 4 complete.
+    pub const KIND: usize = 4;
+    /// u8 flags: bit 0 = a fingerprint is present (claim, complete only).
+    pub const FLAGS: usize = 5;
+    /// u16 key length.
+    pub const KEY_LEN: usize = 6;
+    /// u64 expiry, ms since the Unix epoch.
+    pub const EXPIRES_AT: usize = 8;
+    /// Bytes of the fixed header; the key starts here.
+    pub const HEADER_LEN: usize = 16;
+    /// Body offsets, from the end of the key: u64 fingerprint (claim and
+    /// complete), u64 token (claim), u32 response length then the
+    /// response (complete).
+    pub const BODY_FINGERPRINT: usize = 0;
+    /// See `BODY_FINGERPRINT`.
+    pub const BODY_TOKEN: usize = 8;
+    /// See `BODY_FINGERPRINT`.
+    pub const BODY_RESPONSE_LEN: usize = 8;
+    /// See `BODY_FINGERPRINT`.
+    pub const BODY_RESPONSE: usize = 12;
+    /// Body length of a claim.
+    pub const CLAIM_BODY_LEN: usize = 16;
+}
+
+/// Little-endian fields: the only place the format's integers are read or
+/// written. Callers check bounds first (a short slice panics).
+pub mod le {
+    /// The u16 at `at`.
+    pub fn u16_at(b: &[u8], at: usize) -> u16 {
+        u16::from_le_bytes([b[at], b[at + 1]])
+    }
+    /// The u32 at `at`.
+    pub fn u32_at(b: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+    }
+    /// The u64 at `at`.
+    pub fn u64_at(b: &[u8], at: usize) -> u64 {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&b[at..at + 8]);
+        u64::from_le_bytes(a)
+    }
+    /// Writes `v` at `at`.
+    pub fn put_u16(b: &mut [u8], at: usize, v: u16) {
+        b[at..at + 2].copy_from_slice(&v.to_le_bytes());
+    }
+    /// Writes `v` at `at`.
+    pub fn put_u32(b: &mut [u8], at: usize, v: u32) {
+        b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    }
+    /// Writes `v` at `at`.
+    pub fn put_u64(b: &mut [u8], at: usize, v: u64) {
+        b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+    }
+}
+
+// The layout's relationships, checked at compile time.
+const _: () = assert!(seg::WATERMARK_SLOT_END <= seg::HEADER_LEN);
+const _: () = assert!(seg::WATERMARK_CRC == seg::WATERMARK + 8);
+const _: () = assert!(seg::HEADER_CRC + 4 <= seg::WATERMARK);
+const _: () = assert!(meta::CRC + 4 == meta::LEN);
+const _: () = assert!(rec::EXPIRES_AT + 8 == rec::HEADER_LEN);
+const _: () = assert!(rec::KEY_LEN + 2 == rec::EXPIRES_AT);
