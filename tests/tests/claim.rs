@@ -230,3 +230,53 @@ fn the_response_survives_reopen_power_loss_and_compaction_byte_exact() {
         }
     }
 }
+
+/// The README's table "Using check_and_insert and claim on the same key",
+/// row by row.
+#[test]
+fn check_and_insert_and_claim_on_one_key_follow_the_readme_table() {
+    let clock = ManualClock::new(T0);
+    let s = Store::open_with(SimFs::new(), "/db", cfg(&clock)).unwrap();
+    let at = |ms: u64| UNIX_EPOCH + Duration::from_millis(ms);
+    // Inserted by check_and_insert: claim sees it completed, no response.
+    assert!(s.check_and_insert(b"a", DAY).unwrap().is_inserted());
+    assert_eq!(
+        s.claim(b"a", LEASE, None).unwrap(),
+        Claim::Completed {
+            response: None,
+            expires_at: at(T0) + DAY
+        }
+    );
+    // Claimed, lease running: check_and_insert says Duplicate until the lease end.
+    let tok = acquired(s.claim(b"b", LEASE, None).unwrap());
+    assert_eq!(
+        s.check_and_insert(b"b", DAY).unwrap(),
+        Outcome::Duplicate {
+            expires_at: at(T0) + LEASE
+        }
+    );
+    // Completed: Duplicate with the completion's expiry.
+    s.complete(&tok, Some(b"r"), DAY).unwrap();
+    assert_eq!(
+        s.check_and_insert(b"b", DAY).unwrap(),
+        Outcome::Duplicate {
+            expires_at: at(T0) + DAY
+        }
+    );
+    // Claimed, lease ended: check_and_insert inserts; the old token is stale.
+    let tok = acquired(s.claim(b"c", LEASE, None).unwrap());
+    clock.advance(LEASE);
+    assert!(s.check_and_insert(b"c", DAY).unwrap().is_inserted());
+    assert!(matches!(
+        s.complete(&tok, None, DAY),
+        Err(Error::StaleToken { .. })
+    ));
+    // remove forgets a claimed key and makes its token stale.
+    let tok = acquired(s.claim(b"d", LEASE, None).unwrap());
+    assert!(s.remove(b"d").unwrap());
+    assert!(matches!(s.release(&tok), Err(Error::StaleToken { .. })));
+    assert!(matches!(
+        s.claim(b"d", LEASE, None).unwrap(),
+        Claim::Acquired(_)
+    ));
+}
