@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::clock::to_system_time;
 use crate::error::{Error, Result};
-use crate::index::{hash_key, keep_secs, shard_of, tag_of, Entry, Shard};
+use crate::index::{hash_key, shard_of, tag_of, Entry, Shard};
 use crate::limits::{check_key, check_ttl, expiry};
 use crate::log::{entry_is_key, record_at, Lsn};
 use crate::record::{self, Body, Decoded, MAX_RESPONSE_LEN};
@@ -133,25 +133,6 @@ impl<F: Vfs> Inner<F> {
             .flatten()
     }
 
-    /// The horizon a new record for the key must carry: its own expiry, or
-    /// later if the key's current entry still shadows something longer.
-    fn horizon_for(&self, shard: &Shard, key: &[u8], h: u64, expires_at: u64) -> u64 {
-        shard
-            .find(tag_of(h), |e| entry_is_key(&self.table, e, key))
-            .map_or(expires_at, |e| e.horizon_ms().max(expires_at))
-    }
-
-    /// Points the key's index entry at its newly appended record.
-    fn point_at(&self, shard: &mut Shard, key: &[u8], h: u64, seg: u32, off: u32, horizon: u64) {
-        let entry = Entry {
-            tag: tag_of(h),
-            seg,
-            off,
-            keep_s: keep_secs(horizon),
-        };
-        shard.upsert(entry, |e| entry_is_key(&self.table, e, key));
-    }
-
     /// Checks that `token` still owns its key: the key's latest record is
     /// the claim that issued it, and its lease has not ended. Returns that
     /// claim's fingerprint and lease end.
@@ -233,23 +214,11 @@ impl<F: Vfs> Store<F> {
                     (answer, c.end)
                 }
                 None => {
-                    let expires_at = expiry(now, lease);
-                    let horizon = inner.horizon_for(&shard, key, h, expires_at);
-                    let mut log = inner.log.lock();
-                    let len = record::body_len(
-                        key.len(),
-                        &Body::Claim {
-                            fingerprint,
-                            token: 0,
-                        },
-                    );
                     // The token is where the claim record starts: unique.
-                    let token = log.next_lsn(&inner.table, len)?;
-                    let body = Body::Claim { fingerprint, token };
-                    let (seg, off, end) =
-                        log.append_body(&inner.table, &body, expires_at, key, horizon)?;
-                    drop(log);
-                    inner.point_at(&mut shard, key, h, seg, off, horizon);
+                    let (token, end) =
+                        inner.write_record(&mut shard, key, h, expiry(now, lease), |token| {
+                            Body::Claim { fingerprint, token }
+                        })?;
                     (
                         Claim::Acquired(ClaimToken {
                             key: key.to_vec(),
@@ -286,21 +255,13 @@ impl<F: Vfs> Store<F> {
             });
         }
         self.transition(token, |inner, shard, h, now, fingerprint, _| {
-            let key = &token.key[..];
-            let expires_at = expiry(now, ttl);
-            let body = Body::Complete {
+            // The claim's lease stays in the horizon: a completion shorter
+            // than the remaining lease must not let the claim come back.
+            let body = |_| Body::Complete {
                 fingerprint,
                 response,
             };
-            // The claim's lease is part of the horizon: a completion shorter
-            // than the remaining lease must not let the claim come back.
-            let horizon = inner.horizon_for(shard, key, h, expires_at);
-            let (seg, off, end) =
-                inner
-                    .log
-                    .lock()
-                    .append_body(&inner.table, &body, expires_at, key, horizon)?;
-            inner.point_at(shard, key, h, seg, off, horizon);
+            let (_, end) = inner.write_record(shard, &token.key, h, expiry(now, ttl), body)?;
             Ok(end)
         })
     }
@@ -310,18 +271,8 @@ impl<F: Vfs> Store<F> {
     /// claim is no longer this token's (as for `complete`).
     pub fn release(&self, token: &ClaimToken) -> Result<()> {
         self.transition(token, |inner, shard, h, _, _, lease_end| {
-            let key = &token.key[..];
-            // Like `remove`: the removal keeps its entry until the horizon,
-            // so nothing older can come back before then.
-            let horizon = inner.horizon_for(shard, key, h, lease_end);
-            let (seg, off, end) = inner.log.lock().append(
-                &inner.table,
-                record::Kind::Remove,
-                horizon,
-                key,
-                horizon,
-            )?;
-            inner.point_at(shard, key, h, seg, off, horizon);
+            // Like `remove`: the removal keeps its entry until the horizon.
+            let (_, end) = inner.write_record(shard, &token.key, h, lease_end, |_| Body::Remove)?;
             Ok(end)
         })
     }

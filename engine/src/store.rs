@@ -17,7 +17,7 @@ use crate::index::{hash_key, keep_secs, shard_of, tag_of, Entry, Index, Shard};
 use crate::limits::{check_key, check_ttl, expiry};
 use crate::log::{entry_is_key, lsn, record_at, Appender, Log, Lsn, SegmentTable};
 use crate::poison::Poison;
-use crate::record::{self, Kind};
+use crate::record::{self, Body, Kind};
 use crate::recovery::{self, RecoveryStats};
 use crate::segment::HEADER_LEN;
 use crate::vfs::{OsFs, Vfs};
@@ -320,23 +320,8 @@ impl<F: Vfs> Store<F> {
             let Some(live) = inner.live_at(&e, now) else {
                 return Ok(false);
             };
-            // The removal shadows the insert (and whatever it shadowed)
-            // until that horizon; its record carries it as its expiry.
-            let horizon = live.expires_at.max(e.horizon_ms());
-            let (seg, off, end) =
-                inner
-                    .log
-                    .lock()
-                    .append(&inner.table, Kind::Remove, horizon, key, horizon)?;
-            shard.upsert(
-                Entry {
-                    seg,
-                    off,
-                    keep_s: keep_secs(horizon),
-                    ..e
-                },
-                is_key,
-            );
+            let (_, end) =
+                inner.write_record(&mut shard, key, h, live.expires_at, |_| Body::Remove)?;
             end
         };
         inner.wait_for(need)?;
@@ -484,6 +469,12 @@ impl<F: Vfs> Drop for Store<F> {
     }
 }
 
+/// The horizon of a key's next record: its own expiry, or the horizon of
+/// what the key's previous entry still shadowed, whichever is later.
+fn horizon_after(previous: u64, expires_at: u64) -> u64 {
+    previous.max(expires_at)
+}
+
 /// An unexpired record found in the index.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Live {
@@ -542,8 +533,7 @@ impl<F: Vfs> Inner<F> {
             }
             shadowed = e.horizon_ms();
         }
-        // The new record shadows whatever the old entry still covered.
-        let horizon = expires_at.max(shadowed);
+        let horizon = horizon_after(shadowed, expires_at);
         let (seg, off, end) = match appender {
             Some(a) => a.append(&self.table, Kind::Insert, expires_at, key, horizon)?,
             None => self
@@ -567,6 +557,47 @@ impl<F: Vfs> Inner<F> {
             }
         }
         Ok((Outcome::Inserted, end))
+    }
+
+    /// Appends the key's next record and points its entry at it; returns
+    /// the LSNs where the record starts (unique: a claim's token) and ends.
+    /// `body` gets the start LSN. Used by every write but check-and-insert,
+    /// which probes its slot once and applies the same horizon rule.
+    ///
+    /// Invariant (horizons): the new record's horizon is its expiry or the
+    /// key's previous horizon, whichever is later, so it keeps shadowing
+    /// whatever the previous record shadowed. For a removal the horizon is
+    /// also the record's expiry field: replay recomputes it from there.
+    pub(crate) fn write_record<'b>(
+        &self,
+        shard: &mut Shard,
+        key: &[u8],
+        h: u64,
+        expires_at: u64,
+        body: impl Fn(Lsn) -> Body<'b>,
+    ) -> Result<(Lsn, Lsn)> {
+        let is_key = |e: &Entry| entry_is_key(&self.table, e, key);
+        let prev = shard.find(tag_of(h), is_key);
+        let horizon = horizon_after(prev.map_or(0, |e| e.horizon_ms()), expires_at);
+        let mut log = self.log.lock();
+        let start = log.next_lsn(&self.table, record::body_len(key.len(), &body(0)))?;
+        let body = body(start);
+        let field = if body == Body::Remove {
+            horizon
+        } else {
+            expires_at
+        };
+        let (seg, off, end) = log.append_body(&self.table, &body, field, key, horizon)?;
+        drop(log);
+        debug_assert_eq!(lsn(seg, off as usize), start, "next_lsn reserved the spot");
+        let entry = Entry {
+            tag: tag_of(h),
+            seg,
+            off,
+            keep_s: keep_secs(horizon),
+        };
+        shard.upsert(entry, is_key);
+        Ok((start, end))
     }
 
     /// Rewrites segments in which a salvage open skipped damaged bytes
