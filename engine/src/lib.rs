@@ -137,6 +137,7 @@ mod config;
 mod error;
 mod gc;
 mod index;
+pub mod inspect;
 mod log;
 mod meta;
 mod poison;
