@@ -11,6 +11,14 @@
 
 mod show;
 
+/// `eprintln!` that cannot panic: stderr may be a closed pipe
+/// (`dedupstore dump DIR 2>&1 | head`).
+macro_rules! say {
+    ($($t:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
 use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -184,9 +192,9 @@ fn main() -> ExitCode {
             if f.kind == "broken_pipe" {
                 return ExitCode::SUCCESS; // `dedupstore dump DIR | head`
             }
-            eprintln!("dedupstore: error: {}", f.message);
+            say!("dedupstore: error: {}", f.message);
             if let Some(h) = &f.hint {
-                eprintln!("hint: {h}");
+                say!("hint: {h}");
             }
             if json {
                 let v =
@@ -538,7 +546,7 @@ fn dump(dir: &Path, json: bool, progress: bool, out: &mut impl Write) -> Run {
         let seg = match d.read_segment(file) {
             Ok(seg) => seg,
             Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-                eprintln!("note: segment {} was deleted while reading", file.id);
+                say!("note: segment {} was deleted while reading", file.id);
                 continue;
             }
             Err(e) => {
@@ -548,7 +556,7 @@ fn dump(dir: &Path, json: bool, progress: bool, out: &mut impl Write) -> Run {
         };
         for p in seg.problems() {
             problems += 1;
-            pb.suspend(|| eprintln!("warning: {p}"));
+            pb.suspend(|| say!("warning: {p}"));
         }
         result = pb.suspend(|| -> io::Result<()> {
             for rec in seg.records() {
@@ -565,7 +573,7 @@ fn dump(dir: &Path, json: bool, progress: bool, out: &mut impl Write) -> Run {
         }
         if let Some(t) = seg.torn_tail() {
             pb.suspend(|| {
-                eprintln!(
+                say!(
                     "note: torn tail in {} at offset {}: {} bytes, not listed",
                     t.file.display(),
                     t.offset,
@@ -578,7 +586,7 @@ fn dump(dir: &Path, json: bool, progress: bool, out: &mut impl Write) -> Run {
     pb.finish_and_clear();
     result.map_err(Failure::output)?;
     if problems > 0 {
-        eprintln!(
+        say!(
             "warning: {problems} damaged place(s) skipped; run `dedupstore verify {}`",
             dir.display()
         );
@@ -620,7 +628,7 @@ fn get(
     pb.finish_and_clear();
     let found = found?;
     if found.problems > 0 {
-        eprintln!(
+        say!(
             "warning: the store is damaged ({} place(s) skipped); run `dedupstore verify {}`",
             found.problems,
             dir.display()
@@ -702,7 +710,7 @@ fn get(
             },
             Some(l),
         ) => format!(
-            "{k}: in progress until {} (lease), token {}, fingerprint {}, {}",
+            "{k}: in progress, leased until {}, token {}, fingerprint {}, {}",
             when(*expires_at_ms),
             id64(*token),
             fingerprint.map_or("none".into(), id64),
@@ -732,7 +740,7 @@ fn get(
     };
     w(out, line)?;
     if locked == Some(true) {
-        eprintln!("note: the store is open in another process; this is the state of its files on disk now");
+        say!("note: the store is open in another process; this is the state of its files on disk now");
     }
     Ok(ExitCode::SUCCESS)
 }

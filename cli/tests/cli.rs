@@ -172,7 +172,7 @@ fn get_reports_each_state() {
     let done = get("job-1");
     assert!(done.starts_with("job-1: completed, kept until"), "{done}");
     assert!(done.contains("response 9 bytes: \"receipt-1\""), "{done}");
-    assert!(get("job-2").starts_with("job-2: in progress until"));
+    assert!(get("job-2").starts_with("job-2: in progress, leased until"));
 
     let get_json = |args: &[&str]| {
         let out = cli()
