@@ -145,6 +145,7 @@ mod error;
 mod format;
 mod gc;
 mod index;
+pub mod inspect;
 mod limits;
 mod log;
 mod meta;
