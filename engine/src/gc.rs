@@ -31,7 +31,6 @@
 //! GC never runs on a poisoned store (a sync failed): the copies it would rely
 //! on might not be on disk, so it must not delete what they replace.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -73,30 +72,6 @@ pub struct GcReport {
     pub bytes_reclaimed: u64,
 }
 
-/// An entry whose horizon has certainly passed at `now_ms`.
-pub fn certainly_expired(e: &Entry, now_ms: u64) -> bool {
-    e.past_horizon(now_ms)
-}
-
-/// Index entries per segment id whose horizon has not passed (present keys,
-/// and removals or expired records that still shadow an older record),
-/// counted shard by shard; and the number of entries past their horizon.
-pub fn live_per_segment<F: Vfs>(inner: &Inner<F>, now_ms: u64) -> (HashMap<u32, u64>, u64) {
-    let mut live = HashMap::new();
-    let mut expired = 0;
-    for s in 0..SHARDS {
-        let shard = inner.index.lock(s);
-        shard.for_each(|e| {
-            if certainly_expired(e, now_ms) {
-                expired += 1;
-            } else {
-                *live.entry(e.seg).or_insert(0u64) += 1;
-            }
-        });
-    }
-    (live, expired)
-}
-
 impl<F: Vfs> Inner<F> {
     /// One GC run. `compact_below`: compact sealed segments whose live
     /// fraction is below this (1.0 compacts any segment with a dead record).
@@ -123,7 +98,7 @@ impl<F: Vfs> Inner<F> {
                 // deletes segments: an id above the snapshot's newest is a
                 // segment rolled since, not a deleted one.
                 let pos = ids.binary_search(&e.seg);
-                let keep = !certainly_expired(e, now) && (pos.is_ok() || e.seg > newest_seen);
+                let keep = !e.past_horizon(now) && (pos.is_ok() || e.seg > newest_seen);
                 match pos {
                     Ok(p) if keep => live[p] += 1,
                     _ if keep => {}
