@@ -135,15 +135,19 @@ impl<F: Vfs> Inner<F> {
 
     /// Checks that `token` still owns its key: the key's latest record is
     /// the claim that issued it, and its lease has not ended. Returns that
-    /// claim's fingerprint and lease end.
+    /// claim's fingerprint and lease end; if not, the end LSN of the record
+    /// that says so (0 if none), which must be durable before `StaleToken`
+    /// may be answered.
     fn owned(
         &self,
         shard: &Shard,
         token: &ClaimToken,
         h: u64,
         now: u64,
-    ) -> Result<(Option<u64>, u64)> {
-        match self.current(shard, &token.key, h) {
+    ) -> std::result::Result<(Option<u64>, u64), Lsn> {
+        let current = self.current(shard, &token.key, h);
+        let need = current.as_ref().map_or(0, |(_, c)| c.end);
+        match current {
             Some((
                 _,
                 Current {
@@ -160,7 +164,7 @@ impl<F: Vfs> Inner<F> {
             // claimed, completed, released or removed the key, an old token
             // changes nothing. (Not "until someone takes over": GC and
             // recovery forget expired claims, so that would depend on timing.)
-            _ => Err(Error::StaleToken { id: token.id }),
+            _ => Err(need),
         }
     }
 }
@@ -179,6 +183,9 @@ impl<F: Vfs> Store<F> {
         let inner = self.inner();
         let now = inner.config.clock.now_ms();
         let h = hash_key(key);
+        // Invariant: every answer, an error included, waits for the record it
+        // relies on to be as durable as the mode promises (after a failed
+        // sync, one that is not gets `SyncFailed`).
         let (answer, need) = {
             let mut shard = inner.index.lock(shard_of(h));
             match inner
@@ -189,26 +196,23 @@ impl<F: Vfs> Store<F> {
                     let at = to_system_time(c.expires_at);
                     let answer = match c.state {
                         State::Removed => unreachable!("filtered out above"),
-                        State::Plain => Claim::Completed {
+                        State::Plain => Ok(Claim::Completed {
                             response: None,
                             expires_at: at,
-                        },
-                        State::Claimed { fingerprint: f, .. } => {
-                            check_fingerprint(f, fingerprint)?;
-                            Claim::InProgress {
+                        }),
+                        State::Claimed { fingerprint: f, .. } => check_fingerprint(f, fingerprint)
+                            .map(|()| Claim::InProgress {
                                 lease_expires_at: at,
-                            }
-                        }
+                            }),
                         State::Done {
                             fingerprint: f,
                             response,
                         } => {
-                            check_fingerprint(f, fingerprint)?;
                             // An empty response is stored as none.
-                            Claim::Completed {
+                            check_fingerprint(f, fingerprint).map(|()| Claim::Completed {
                                 response: (!response.is_empty()).then_some(response),
                                 expires_at: at,
-                            }
+                            })
                         }
                     };
                     (answer, c.end)
@@ -220,17 +224,17 @@ impl<F: Vfs> Store<F> {
                             Body::Claim { fingerprint, token }
                         })?;
                     (
-                        Claim::Acquired(ClaimToken {
+                        Ok(Claim::Acquired(ClaimToken {
                             key: key.to_vec(),
                             id: token,
-                        }),
+                        })),
                         end,
                     )
                 }
             }
         };
         inner.wait_for(need)?;
-        Ok(answer)
+        answer
     }
 
     /// Marks the claimed work done and stores `response` (at most
@@ -290,8 +294,18 @@ impl<F: Vfs> Store<F> {
         let h = hash_key(&token.key);
         let need = {
             let mut shard = inner.index.lock(shard_of(h));
-            let (fingerprint, lease_end) = inner.owned(&shard, token, h, now)?;
-            step(inner, &mut shard, h, now, fingerprint, lease_end)?
+            match inner.owned(&shard, token, h, now) {
+                Ok((fingerprint, lease_end)) => {
+                    step(inner, &mut shard, h, now, fingerprint, lease_end)?
+                }
+                Err(need) => {
+                    drop(shard);
+                    // The record that makes the token stale must be durable
+                    // before the caller is told so.
+                    inner.wait_for(need)?;
+                    return Err(Error::StaleToken { id: token.id });
+                }
+            }
         };
         inner.wait_for(need)
     }

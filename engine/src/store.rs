@@ -293,15 +293,17 @@ impl<F: Vfs> Store<F> {
         let inner = &*self.inner;
         let now = inner.config.clock.now_ms();
         let h = hash_key(key);
-        let need = {
+        let (present, need) = {
             let shard = inner.index.lock(shard_of(h));
-            match inner.find_live(&shard, key, h, now) {
-                Some(live) => live.end,
+            match shard.find(tag_of(h), |e| entry_is_key(&inner.table, e, key)) {
+                // A removal or an expired record answers absent; the record
+                // that says so must be durable too (`need`).
+                Some(e) => inner.answer_at(&e, now),
                 None => return Ok(false),
             }
         };
         inner.wait_for(need)?;
-        Ok(true)
+        Ok(present.is_some())
     }
 
     /// Forgets `key`, so its next delivery is processed again (for when
@@ -318,7 +320,11 @@ impl<F: Vfs> Store<F> {
             let Some(e) = shard.find(tag_of(h), is_key) else {
                 return Ok(false);
             };
-            let Some(live) = inner.live_at(&e, now) else {
+            let (live, need) = inner.answer_at(&e, now);
+            let Some(live) = live else {
+                // Absent: the answer relies on the entry's record.
+                drop(shard);
+                inner.wait_for(need)?;
                 return Ok(false);
             };
             let (_, end) =
@@ -486,13 +492,6 @@ pub(crate) struct Live {
 }
 
 impl<F: Vfs> Inner<F> {
-    /// The key's record, if it makes the key present: not a removal, and
-    /// unexpired. Also returns the key's entry (whatever its record).
-    pub(crate) fn find_live(&self, shard: &Shard, key: &[u8], h: u64, now: u64) -> Option<Live> {
-        let e = shard.find(tag_of(h), |e| entry_is_key(&self.table, e, key))?;
-        self.live_at(&e, now)
-    }
-
     /// Counts the index: per segment, entries still needed (horizon not
     /// passed); keys present now; and entries of keys that answer absent.
     fn count_entries(&self, now: u64) -> (std::collections::HashMap<u32, u64>, u64, u64) {
@@ -514,18 +513,26 @@ impl<F: Vfs> Inner<F> {
         (needed, present, absent)
     }
 
-    /// What the record an entry points at says at `now`, if it makes its
-    /// key present.
-    fn live_at(&self, e: &Entry, now: u64) -> Option<Live> {
+    /// What the record an entry points at says at `now` (`Some` if it
+    /// makes the key present), and the end LSN of that record: what must be
+    /// durable before either answer is given.
+    fn answer_at(&self, e: &Entry, now: u64) -> (Option<Live>, Lsn) {
         self.table
             .with(e.seg, |s| {
                 let rec = record_at(s, e.off);
-                let expires_at = record::expires_at_of(rec);
                 let end = lsn(e.seg, e.off as usize + rec.len());
+                let expires_at = record::expires_at_of(rec);
                 let present = record::kind_byte_of(rec) != record::KIND_REMOVE && expires_at > now;
-                present.then_some(Live { expires_at, end })
+                (present.then_some(Live { expires_at, end }), end)
             })
-            .flatten()
+            // Its segment is gone: deleted by GC once nothing in it mattered.
+            .unwrap_or((None, 0))
+    }
+
+    /// What the record an entry points at says at `now`, if it makes its
+    /// key present.
+    fn live_at(&self, e: &Entry, now: u64) -> Option<Live> {
+        self.answer_at(e, now).0
     }
 
     /// The body of check-and-insert, with the key's shard locked. Returns the
