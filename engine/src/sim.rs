@@ -799,7 +799,10 @@ mod tests {
         write(&m, PAGE - 1, b"b");
         write(&m, PAGE + 5, b"c");
         m.sync_range(PAGE - 1, 1).unwrap(); // page 0 only
-        let img = fs.crash(CrashMode::DropUnsynced).read_file(&p("/d/f")).unwrap();
+        let img = fs
+            .crash(CrashMode::DropUnsynced)
+            .read_file(&p("/d/f"))
+            .unwrap();
         assert_eq!((img[100], img[PAGE - 1], img[PAGE + 5]), (b'a', b'b', 0));
     }
 
@@ -821,7 +824,10 @@ mod tests {
 
         let killed = fs.crash(CrashMode::Kill);
         // The restarted process sees everything the dead one wrote...
-        assert_eq!(&killed.read_file(&p("/d/f")).unwrap()[..12], b"never synced");
+        assert_eq!(
+            &killed.read_file(&p("/d/f")).unwrap()[..12],
+            b"never synced"
+        );
         let mut names = killed.file_names(Path::new("/d"));
         names.sort();
         assert_eq!(names, ["f", "renamed"]);
@@ -851,7 +857,10 @@ mod tests {
         let f2 = killed.open(&p("/d/f"), false).unwrap();
         let m2 = f2.map(true).unwrap();
         m2.sync_range(0, 4).unwrap();
-        let img = killed.crash(CrashMode::DropUnsynced).read_file(&p("/d/f")).unwrap();
+        let img = killed
+            .crash(CrashMode::DropUnsynced)
+            .read_file(&p("/d/f"))
+            .unwrap();
         assert_eq!(&img[..4], b"data");
     }
 
@@ -879,7 +888,10 @@ mod tests {
                 write(&m, 0, b"x");
                 fs.fail_at(eio("msync"));
                 m.sync_range(0, 1).unwrap_err();
-                fs.crash(CrashMode::DropUnsynced).read_file(&p("/d/f")).unwrap()[0] == 0
+                fs.crash(CrashMode::DropUnsynced)
+                    .read_file(&p("/d/f"))
+                    .unwrap()[0]
+                    == 0
             })
             .expect("some seed loses the page")
     }
@@ -898,8 +910,14 @@ mod tests {
         fs.fail_at(None);
         // The retry succeeds but does not write the page: it was marked clean.
         m.sync_range(0, 2 * PAGE).unwrap();
-        let img = fs.crash(CrashMode::DropUnsynced).read_file(&p("/d/f")).unwrap();
-        assert_eq!(img[0], 0, "a lost page must not be persisted by a later sync");
+        let img = fs
+            .crash(CrashMode::DropUnsynced)
+            .read_file(&p("/d/f"))
+            .unwrap();
+        assert_eq!(
+            img[0], 0,
+            "a lost page must not be persisted by a later sync"
+        );
         // Nor does fsync, a kill and restart, or a torn power loss.
         _f.sync_all().unwrap();
         let killed = fs.crash(CrashMode::Kill);
@@ -907,7 +925,10 @@ mod tests {
         k.sync_all().unwrap();
         assert_eq!(killed.read_file(&p("/d/f")).unwrap()[0], b'x');
         assert_eq!(
-            killed.crash(CrashMode::DropUnsynced).read_file(&p("/d/f")).unwrap()[0],
+            killed
+                .crash(CrashMode::DropUnsynced)
+                .read_file(&p("/d/f"))
+                .unwrap()[0],
             0
         );
         for t in 0..32 {
@@ -917,7 +938,10 @@ mod tests {
         // Modified again (even elsewhere in the page): the next sync writes it.
         write(&m, 1, b"y");
         m.sync_range(0, 1).unwrap();
-        let img = fs.crash(CrashMode::DropUnsynced).read_file(&p("/d/f")).unwrap();
+        let img = fs
+            .crash(CrashMode::DropUnsynced)
+            .read_file(&p("/d/f"))
+            .unwrap();
         assert_eq!(&img[..2], b"xy");
     }
 
@@ -933,14 +957,18 @@ mod tests {
             m.sync_range(0, 8 * PAGE).unwrap_err();
             fs.fail_at(None);
             m.sync_range(0, 8 * PAGE).unwrap();
-            let img = fs.crash(CrashMode::DropUnsynced).read_file(&p("/d/f")).unwrap();
+            let img = fs
+                .crash(CrashMode::DropUnsynced)
+                .read_file(&p("/d/f"))
+                .unwrap();
             (0..8).map(|i| img[i * PAGE] != 0).collect::<Vec<bool>>()
         };
         let all: Vec<Vec<bool>> = (0..40).map(outcome).collect();
         assert!(all.iter().any(|o| o.iter().all(|&k| k)), "all kept");
         assert!(all.iter().any(|o| o.iter().all(|&k| !k)), "all lost");
         assert!(
-            all.iter().any(|o| o.iter().any(|&k| k) && o.iter().any(|&k| !k)),
+            all.iter()
+                .any(|o| o.iter().any(|&k| k) && o.iter().any(|&k| !k)),
             "mixed"
         );
         // Deterministic: the same seed, the same outcome.
@@ -961,16 +989,25 @@ mod tests {
             fs.fail_at(eio("fsync"));
             f.sync_all().unwrap_err();
             fs.fail_at(None);
-            let before = fs.crash(CrashMode::DropUnsynced).read_file(&p("/d/f")).unwrap();
+            let before = fs
+                .crash(CrashMode::DropUnsynced)
+                .read_file(&p("/d/f"))
+                .unwrap();
             f.sync_all().unwrap();
-            let after = fs.crash(CrashMode::DropUnsynced).read_file(&p("/d/f")).unwrap();
+            let after = fs
+                .crash(CrashMode::DropUnsynced)
+                .read_file(&p("/d/f"))
+                .unwrap();
             assert_eq!(before, after, "seed {seed}: the retry changed nothing");
             lost_len |= after.len() == 0;
             kept_len |= after.len() == PAGE + 1;
             // Rewritten: the next fsync persists it all.
             f.write_all(&[8u8; PAGE + 1]).unwrap();
             f.sync_all().unwrap();
-            let img = fs.crash(CrashMode::DropUnsynced).read_file(&p("/d/f")).unwrap();
+            let img = fs
+                .crash(CrashMode::DropUnsynced)
+                .read_file(&p("/d/f"))
+                .unwrap();
             assert_eq!(img, vec![8u8; PAGE + 1], "seed {seed}");
         }
         assert!(lost_len && kept_len);
@@ -988,13 +1025,19 @@ mod tests {
             fs.sync_dir(Path::new("/d")).unwrap_err();
             fs.fail_at(None);
             let names = |fs: &SimFs| {
-                let mut v = fs.crash(CrashMode::DropUnsynced).file_names(Path::new("/d"));
+                let mut v = fs
+                    .crash(CrashMode::DropUnsynced)
+                    .file_names(Path::new("/d"));
                 v.sort();
                 v
             };
             let first = names(&fs);
             fs.sync_dir(Path::new("/d")).unwrap();
-            assert_eq!(names(&fs), first, "seed {seed}: a retry persisted a lost name");
+            assert_eq!(
+                names(&fs),
+                first,
+                "seed {seed}: a retry persisted a lost name"
+            );
             lost += 4 - first.len();
             // A changed name is pending again.
             fs.rename(&p("/d/a"), &p("/d/e")).unwrap();
@@ -1014,8 +1057,14 @@ mod tests {
         write(&m, PAGE, &[6u8; 3 * PAGE]);
         let mut seen = BTreeSet::new();
         for seed in 0..16 {
-            let a = fs.crash(CrashMode::Torn(seed)).read_file(&p("/d/f")).unwrap();
-            let b = fs.crash(CrashMode::Torn(seed)).read_file(&p("/d/f")).unwrap();
+            let a = fs
+                .crash(CrashMode::Torn(seed))
+                .read_file(&p("/d/f"))
+                .unwrap();
+            let b = fs
+                .crash(CrashMode::Torn(seed))
+                .read_file(&p("/d/f"))
+                .unwrap();
             assert_eq!(a, b, "seed {seed}");
             assert_eq!(&a[..PAGE], &[5u8; PAGE][..]);
             assert!(a[PAGE..].iter().all(|&x| x == 0 || x == 6));
@@ -1041,7 +1090,11 @@ mod tests {
                 }
                 fs.fail_at(eio("msync"));
                 let _ = m.sync_range(0, 8 * PAGE);
-                out.push(fs.crash(CrashMode::DropUnsynced).read_file(&p("/d/f")).unwrap());
+                out.push(
+                    fs.crash(CrashMode::DropUnsynced)
+                        .read_file(&p("/d/f"))
+                        .unwrap(),
+                );
             }
             out
         };
