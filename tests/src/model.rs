@@ -315,7 +315,10 @@ struct KeyModel {
     tied: bool,
     /// Every state the key had (for clock rewinds).
     hist: Vec<St>,
-    /// Highest clock reading since the key's last acknowledged change.
+    /// Highest clock reading since the key's last acknowledged change
+    /// (under `Immediate`; since the start under `None` / `Interval`, where
+    /// older states stay possible): a state whose expiry is below it may
+    /// have been dropped by GC or recovery.
     hi_since: u64,
 }
 
@@ -394,15 +397,22 @@ impl Model {
             push(&mut km.hist, s.clone());
         }
         km.cands = new;
-        km.hi_since = now;
+        if immediate {
+            // Only the new state remains possible, live and durable. (Under
+            // None / Interval older states stay possible after a power loss
+            // and keep what the clock did to them.)
+            km.hi_since = now;
+        }
     }
 
     /// A change that may or may not have happened (the call failed): states
     /// for which `f` gives a successor may also have become it.
     fn maybe(&mut self, k: u32, f: impl Fn(&St) -> Option<St>) {
         let immediate = self.immediate;
+        // From any state the key may show (a rewind may have revived or
+        // dropped one).
+        let new: Vec<St> = self.candidates(k, false).iter().filter_map(&f).collect();
         let km = self.km(k);
-        let new: Vec<St> = km.cands.iter().filter_map(&f).collect();
         if new.is_empty() {
             return;
         }

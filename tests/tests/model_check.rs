@@ -25,7 +25,7 @@ use dedupstore_tests::model::{self, random_ops, Op, Summary};
 use Op::*;
 
 /// Sequences run by default (CI).
-const CI_SEEDS: u64 = 240;
+const CI_SEEDS: u64 = 300;
 
 fn scenario(seed: u64) -> (Durability, u32, Vec<Op>) {
     let mut rng = fastrand::Rng::with_seed(seed);
@@ -662,6 +662,38 @@ fn failed_unlink_after_compaction_revives_superseded_records() {
             Advance { ms: 1_077 },
             Compact,
             Compact,
+        ],
+    );
+}
+
+/// A poisoned store answers from state it could not sync: the removal of
+/// key 1 fails its msync (its page is lost), yet `contains` answers
+/// `false` from the in-memory index instead of `SyncFailed` (the README:
+/// every answer relying on unsynced data fails). After a power loss key 1
+/// is back. The same for `complete` answering `StaleToken` after a release
+/// whose sync failed.
+#[test]
+#[ignore = "fails until engine fix: a poisoned store answers absent from an unsynced removal"]
+fn poisoned_store_answers_absent_from_a_removal_it_could_not_sync() {
+    model::run(
+        Durability::Immediate,
+        6,
+        &[
+            Fill {
+                n: 20,
+                ttl_ms: 60_000,
+            },
+            Insert {
+                key: 1,
+                ttl_ms: 60_000,
+            },
+            Fail {
+                kind: 0,
+                nth: 0,
+                enospc: false,
+            },
+            Remove { key: 1 },
+            Contains { key: 1 },
         ],
     );
 }

@@ -45,6 +45,7 @@ fn hunt() {
     let mut groups: BTreeMap<String, Vec<(u64, Durability, u32, Vec<Op>, model::Failure)>> =
         BTreeMap::new();
     let (mut steps, mut t) = (0u64, std::time::Duration::ZERO);
+    let mut total = model::Summary::default();
     for seed in first..first + seeds {
         let (mut durability, nkeys, mut ops) = scenario(seed);
         if no_none {
@@ -74,9 +75,13 @@ fn hunt() {
         let r = model::check(durability, nkeys, &ops);
         t += started.elapsed();
         match r {
-            Ok(s) => steps += s.steps,
+            Ok(s) => {
+                steps += s.steps;
+                total += s;
+            }
             Err(f) => {
                 steps += f.summary.steps;
+                total += f.summary;
                 let sig = f.signature();
                 if skip_sigs.iter().any(|s| sig.contains(s.as_str())) {
                     continue;
@@ -93,6 +98,7 @@ fn hunt() {
         t.as_micros() as f64 / steps.max(1) as f64,
         groups.len()
     );
+    eprintln!("{total:?}");
     let shrink = env("HUNT_SHRINK").is_some();
     for (sig, runs) in &groups {
         let seeds: Vec<u64> = runs.iter().map(|r| r.0).collect();
