@@ -892,7 +892,7 @@ mod tests {
     fn a_page_lost_by_a_failed_sync_is_clean_until_modified_again() {
         let seed = seed_that_loses_one_page();
         let fs = SimFs::with_seed(seed);
-        let (_f, m) = mapped_file(&fs, 2);
+        let (f, m) = mapped_file(&fs, 2);
         write(&m, 0, b"x");
         fs.fail_at(eio("msync"));
         assert_eq!(
@@ -911,7 +911,7 @@ mod tests {
             "a lost page must not be persisted by a later sync"
         );
         // Nor does fsync, a kill and restart, or a torn power loss.
-        _f.sync_all().unwrap();
+        f.sync_all().unwrap();
         let killed = fs.crash(CrashMode::Kill);
         let k = killed.open(&p("/d/f"), false).unwrap();
         k.sync_all().unwrap();

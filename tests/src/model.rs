@@ -1061,9 +1061,9 @@ impl Runner {
             std::mem::take(&mut self.touched).into_iter().collect()
         };
         self.check_image(Image::PowerLoss, &keys)?;
-        if self.model.immediate {
-            // The durable state is the live one; a kill image adds nothing.
-        } else {
+        // Under `Immediate` the durable state is the live one: a kill image
+        // would add nothing.
+        if !self.model.immediate {
             self.check_image(Image::Kill, &keys)?;
         }
         if self.step % TORN_EVERY == TORN_EVERY - 1 {

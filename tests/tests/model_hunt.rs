@@ -26,6 +26,9 @@ fn scenario(seed: u64) -> (Durability, u32, Vec<Op>) {
     (durability, nkeys, ops)
 }
 
+/// A failing run: seed, durability, key count, ops, failure.
+type Run = (u64, Durability, u32, Vec<Op>, model::Failure);
+
 #[test]
 #[ignore = "hunting tool: run by hand"]
 fn hunt() {
@@ -42,8 +45,7 @@ fn hunt() {
         .map(str::to_string)
         .collect();
     std::panic::set_hook(Box::new(|_| {}));
-    let mut groups: BTreeMap<String, Vec<(u64, Durability, u32, Vec<Op>, model::Failure)>> =
-        BTreeMap::new();
+    let mut groups: BTreeMap<String, Vec<Run>> = BTreeMap::new();
     let (mut steps, mut t) = (0u64, std::time::Duration::ZERO);
     let mut total = model::Summary::default();
     for seed in first..first + seeds {
