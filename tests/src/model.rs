@@ -11,7 +11,8 @@
 //! 1. **Every answer** of the live store (present / absent, the exact
 //!    `expires_at` of a `Duplicate`, the exact lease end of `InProgress`,
 //!    the exact stored response of `Completed`, `StaleToken` or not) against
-//!    the model, narrowing it where a crash left several possibilities.
+//!    the model, narrowing it where a crash or a failed call left several
+//!    possibilities.
 //! 2. **After every step**, the durable image a power loss would leave now
 //!    (`SimFs::crash(DropUnsynced)`, and every [`TORN_EVERY`]th step also a
 //!    `Torn` one) is opened on a copy with the same config and clock time,
@@ -44,8 +45,15 @@
 //! outcomes for it, in the live store and in the durable image. After a
 //! failed sync (msync, fsync or fsync dir) the store must refuse every
 //! write with `Error::SyncFailed` until it is reopened (reads may still
-//! answer, or fail the same way). Any error that is not an injected one,
-//! or `SyncFailed` after one, fails the test; so does a panic.
+//! answer, or fail the same way). Under `Immediate` an answer is only
+//! given from durable data, so whatever the store answers after a failure
+//! (absent included) must also be what a power loss brings back. Any error
+//! that is not an injected one, or `SyncFailed` after one, fails the test;
+//! so does a panic.
+//!
+//! `Op::Fill` inserts fresh 400-byte filler keys (not tracked beyond "each
+//! is new") so that 64 KiB segments roll, expire whole and get compacted
+//! within a few hundred steps.
 //!
 //! # Clock
 //!

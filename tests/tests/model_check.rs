@@ -6,9 +6,10 @@
 //! `fuzz/` (target `ops_model`).
 //!
 //! Budget: `random_sequences_with_crashes_match_the_model` runs
-//! [`CI_SEEDS`] sequences of 500 steps, about 2 minutes in the test profile
-//! on the 2-core development VM (about 1 ms per step: each step opens one
-//! or two crash images). More sequences:
+//! [`CI_SEEDS`] = 300 sequences of 500 steps: 1.5 to 3 minutes in the test
+//! profile on the 2-core development VM, depending on what else runs (0.9 to
+//! 1.2 ms per step: each step opens one or two crash images; about 240,000
+//! images opened and 8.4 million key comparisons per run). More sequences:
 //!
 //! `MODEL_SEEDS=5000 cargo test -p dedupstore-tests --test model_check -- --include-ignored`
 //!
