@@ -67,6 +67,11 @@
 //! not yet reached again. A key whose current state never expired must
 //! answer exactly. Without a rewind no expired state may ever come back.
 
+#![allow(
+    clippy::result_large_err,
+    reason = "a Failure carries the whole scenario context; it is built once, at the end of a failing test"
+)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -97,8 +102,11 @@ pub const FAIL_KINDS: [&str; 8] = [
     "mmap",
 ];
 
+/// Kinds whose failure poisons the store: syncs, and a rename (only a
+/// segment roll renames while the store is open; after a failed rename the
+/// new segment may exist, so the sealed one must not take another append).
 fn is_sync(kind: &str) -> bool {
-    matches!(kind, "msync" | "fsync" | "fsync dir")
+    matches!(kind, "msync" | "fsync" | "fsync dir" | "rename")
 }
 
 /// One step of a scenario. Keys are taken modulo the scenario's key count.
@@ -814,8 +822,9 @@ impl Runner {
                     .store()
                     .complete(&tok, body.as_deref(), Duration::from_millis(ttl));
                 let fired = self.fired(f0);
+                // An empty response is stored as none (documented).
                 let done = St::Done {
-                    resp: body,
+                    resp: body.filter(|b| !b.is_empty()),
                     exp: now + ttl,
                 };
                 match r {

@@ -41,7 +41,6 @@ fn scenario(seed: u64) -> (Durability, u32, Vec<Op>) {
 }
 
 #[test]
-#[ignore = "fails until engine fix: see the regression tests below"]
 fn random_sequences_with_crashes_match_the_model() {
     let env = |k: &str| std::env::var(k).ok().and_then(|s| s.parse().ok());
     let first: u64 = env("MODEL_FROM").unwrap_or(0);
@@ -222,7 +221,6 @@ fn fuzz_input_decoder_accepts_any_bytes() {
 /// `complete(token, None, ttl)` reads back as `Completed { response:
 /// Some([]) }` instead of `None` (live store and every crash image).
 #[test]
-#[ignore = "fails until engine fix: complete without response reads back Some([])"]
 fn complete_without_response_reads_back_none() {
     model::run(
         Durability::Immediate,
@@ -247,7 +245,6 @@ fn complete_without_response_reads_back_none() {
 /// clean page) and persists a watermark over it: after a power loss the
 /// store does not open ("blank bytes inside synced records").
 #[test]
-#[ignore = "fails until engine fix: reopen after a failed msync trusts pages the failure lost"]
 fn reopen_after_failed_msync_persists_a_watermark_over_lost_pages() {
     model::run(
         Durability::Immediate,
@@ -278,7 +275,6 @@ fn reopen_after_failed_msync_persists_a_watermark_over_lost_pages() {
 /// The same after a kill and restart (the page cache, with its clean lost
 /// pages, outlives the process).
 #[test]
-#[ignore = "fails until engine fix: restart after kill trusts pages a failed msync lost"]
 fn kill_restart_after_failed_msync_persists_a_watermark_over_lost_pages() {
     model::run(
         Durability::Immediate,
@@ -308,7 +304,6 @@ fn kill_restart_after_failed_msync_persists_a_watermark_over_lost_pages() {
 
 /// The same when the failing msync is the one of a clean close.
 #[test]
-#[ignore = "fails until engine fix: reopen after a failed close sync trusts lost pages"]
 fn reopen_after_failed_close_sync_persists_a_watermark_over_lost_pages() {
     model::run(
         Durability::None,
@@ -339,7 +334,6 @@ fn reopen_after_failed_close_sync_persists_a_watermark_over_lost_pages() {
 /// them. The batch itself answers `SyncFailed`, but the power-loss image
 /// no longer opens.
 #[test]
-#[ignore = "fails until engine fix: a poisoned store rolls and seals over lost pages"]
 fn poisoned_store_rolls_and_seals_a_segment_over_lost_pages() {
     model::run(
         Durability::Immediate,
@@ -377,7 +371,6 @@ fn poisoned_store_rolls_and_seals_a_segment_over_lost_pages() {
 /// A failed directory fsync while creating the next segment fails the
 /// roll, but does not poison the store: the next insert is acknowledged.
 #[test]
-#[ignore = "fails until engine fix: failed fsync dir in a roll does not poison the store"]
 fn failed_dir_fsync_in_a_roll_does_not_stop_writes() {
     model::run(
         Durability::Immediate,
@@ -415,7 +408,6 @@ fn failed_dir_fsync_in_a_roll_does_not_stop_writes() {
 /// the store does not open). The model stops at the first symptom, the
 /// retried write after the failed sync.
 #[test]
-#[ignore = "fails until engine fix: failed header msync in a roll does not poison the store"]
 fn failed_header_msync_in_a_roll_does_not_stop_writes() {
     model::run(
         Durability::None,
@@ -449,7 +441,6 @@ fn failed_header_msync_in_a_roll_does_not_stop_writes() {
 /// A failed directory fsync after GC deleted a segment does not poison the
 /// store either.
 #[test]
-#[ignore = "fails until engine fix: failed fsync dir in GC does not poison the store"]
 fn failed_dir_fsync_in_gc_does_not_stop_writes() {
     model::run(
         Durability::Immediate,
@@ -478,7 +469,6 @@ fn failed_dir_fsync_in_gc_does_not_stop_writes() {
 /// and acknowledges an insert under `Immediate`; a power loss drops the
 /// segment's name and the insert with it.
 #[test]
-#[ignore = "fails until engine fix: restart appends to a segment whose name a failed fsync dir lost"]
 fn reopen_appends_to_a_segment_whose_name_a_failed_dir_fsync_lost() {
     model::run(
         Durability::Immediate,
@@ -516,7 +506,6 @@ fn reopen_appends_to_a_segment_whose_name_a_failed_dir_fsync_lost() {
 /// the unsynced copy) and deletes it: key 1, acknowledged under
 /// `Immediate`, is gone after a power loss.
 #[test]
-#[ignore = "fails until engine fix: GC on a poisoned store deletes the only durable copy"]
 fn gc_after_failed_copy_sync_deletes_the_only_durable_copy() {
     model::run(
         Durability::Immediate,
@@ -546,7 +535,6 @@ fn gc_after_failed_copy_sync_deletes_the_only_durable_copy() {
 /// its segment whole; the older claim record is still in a live segment,
 /// and replay brings the key back as `InProgress` until the old lease end.
 #[test]
-#[ignore = "fails until engine fix: GC drops a completion, replay revives the older claim"]
 fn complete_with_ttl_shorter_than_the_lease_revives_the_claim_after_gc() {
     model::run(
         Durability::Immediate,
@@ -585,7 +573,6 @@ fn complete_with_ttl_shorter_than_the_lease_revives_the_claim_after_gc() {
 /// replay revives the old long-TTL insert: a removed key is `Duplicate`
 /// again after a restart.
 #[test]
-#[ignore = "fails until engine fix: compaction drops a removal still shadowing an older insert"]
 fn removal_dropped_by_compaction_revives_the_older_insert() {
     model::run(
         Durability::Immediate,
@@ -628,7 +615,6 @@ fn removal_dropped_by_compaction_revives_the_older_insert() {
 /// not copied by the next compaction), a kill and restart brings back the
 /// claim as `InProgress`.
 #[test]
-#[ignore = "fails until engine fix: a segment whose unlink failed is replayed and revives old records"]
 fn failed_unlink_after_compaction_revives_superseded_records() {
     model::run(
         Durability::None,
@@ -674,7 +660,6 @@ fn failed_unlink_after_compaction_revives_superseded_records() {
 /// is back. The same for `complete` answering `StaleToken` after a release
 /// whose sync failed.
 #[test]
-#[ignore = "fails until engine fix: a poisoned store answers absent from an unsynced removal"]
 fn poisoned_store_answers_absent_from_a_removal_it_could_not_sync() {
     model::run(
         Durability::Immediate,
