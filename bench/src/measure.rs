@@ -19,9 +19,12 @@ use crate::backends::{Backend, Plan, Res, Shared};
 use crate::workload::{self, generate, Params, Stream};
 use crate::Args;
 
-/// Latency is sampled on every 8th call, so timing calls barely touch the
-/// throughput figure.
-const SAMPLE: usize = 8;
+/// Latency is sampled on one call per this many messages (every call for
+/// batches this large or larger). A clock read is serializing (`lfence;
+/// rdtsc`): it stops the CPU overlapping the cache misses of independent
+/// calls, and sampling every 8th call halved the map's throughput. One in
+/// 256 costs it a few percent at most; 5M messages still give ~20k samples.
+const SAMPLE_MESSAGES: usize = 256;
 
 /// Runs every mode of one engine: single-op, batched, threaded (if
 /// `plan.threaded`), durable (if `plan.durable` and `--durable-secs` > 0).
@@ -76,11 +79,11 @@ pub fn run<B: Backend, T: Shared, D: Shared>(
     std::fs::create_dir_all(&dir)?;
     let mut b = (plan.open)(&dir)?;
     let now = now_ms();
-    let ins = timed(keys.iter().copied(), |k| {
+    let ins = timed(keys.iter().copied(), 1, |k| {
         Ok(usize::from(!b.check_and_insert(k, now, ttl_ms)?))
     })?;
     check_dups(ins.count, "single-op")?;
-    let look = timed(queries.iter().copied(), |k| {
+    let look = timed(queries.iter().copied(), 1, |k| {
         Ok(usize::from(b.contains(k, now)?))
     })?;
     check_hits(look.count, "single-op")?;
@@ -117,13 +120,13 @@ pub fn run<B: Backend, T: Shared, D: Shared>(
         let tmp = tempdir(args, "batch-")?;
         let mut b = (plan.open)(tmp.path())?;
         let now = now_ms();
-        let ins = timed(keys.chunks(size), |c| {
+        let ins = timed(keys.chunks(size), size, |c| {
             let r = b.check_and_insert_batch(c, now, ttl_ms)?;
             answers(&r, c)?;
             Ok(r.iter().filter(|&&new| !new).count())
         })?;
         check_dups(ins.count, &format!("batch {size}"))?;
-        let look = timed(queries.chunks(size), |c| {
+        let look = timed(queries.chunks(size), size, |c| {
             let r = b.contains_batch(c, now)?;
             answers(&r, c)?;
             Ok(r.iter().filter(|&&hit| hit).count())
@@ -175,18 +178,24 @@ struct Timed {
     secs: f64,
     /// The sum of what the calls returned (duplicates or hits).
     count: usize,
-    /// Latency of every `SAMPLE`th call, in ns.
+    /// Latency of sampled calls, in ns.
     hist: Histogram<u64>,
 }
 
-/// Calls `call` on each unit (a key or a batch) in order: the wall time of
-/// all, the sum of their counts, and a latency sample.
-fn timed<U>(units: impl Iterator<Item = U>, mut call: impl FnMut(U) -> Res<usize>) -> Res<Timed> {
+/// Calls `call` on each unit (a key, or a batch of `per_unit` keys) in
+/// order: the wall time of all, the sum of their counts, and a latency
+/// sample.
+fn timed<U>(
+    units: impl Iterator<Item = U>,
+    per_unit: usize,
+    mut call: impl FnMut(U) -> Res<usize>,
+) -> Res<Timed> {
+    let every = (SAMPLE_MESSAGES / per_unit).max(1);
     let mut hist = Histogram::<u64>::new(3)?;
     let mut count = 0usize;
     let t = Instant::now();
     for (i, u) in units.enumerate() {
-        count += if i % SAMPLE == 0 {
+        count += if i % every == 0 {
             let t0 = Instant::now();
             let c = call(u)?;
             hist.record(t0.elapsed().as_nanos() as u64)?;

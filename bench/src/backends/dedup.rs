@@ -38,27 +38,33 @@ fn contains_batch(store: &Store, keys: &[&[u8]]) -> Res<Vec<bool>> {
 }
 
 impl Backend for Dedup {
+    #[inline]
     fn check_and_insert(&mut self, key: &[u8], now: u64, ttl_ms: u64) -> Res<bool> {
         Shared::check_and_insert(self, key, now, ttl_ms)
     }
+    #[inline]
     fn contains(&mut self, key: &[u8], _now: u64) -> Res<bool> {
         Ok(self.0.contains(key)?)
     }
+    #[inline]
     fn check_and_insert_batch(&mut self, keys: &[&[u8]], _now: u64, ttl_ms: u64) -> Res<Vec<bool>> {
         let outcomes = self
             .0
             .check_and_insert_batch(keys, Duration::from_millis(ttl_ms))?;
         Ok(outcomes.iter().map(Outcome::is_inserted).collect())
     }
+    #[inline]
     fn contains_batch(&mut self, keys: &[&[u8]], _now: u64) -> Res<Vec<bool>> {
         contains_batch(&self.0, keys)
     }
+    #[inline]
     fn flush(&mut self) -> Res<()> {
         Ok(self.0.sync()?)
     }
 }
 
 impl Shared for Dedup {
+    #[inline]
     fn check_and_insert(&self, key: &[u8], _now: u64, ttl_ms: u64) -> Res<bool> {
         Ok(self
             .0

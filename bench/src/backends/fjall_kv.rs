@@ -33,12 +33,15 @@ fn open(dir: &Path, durable: bool) -> Res<Fjall> {
 }
 
 impl Backend for Fjall {
+    #[inline]
     fn check_and_insert(&mut self, key: &[u8], now: u64, ttl_ms: u64) -> Res<bool> {
         Shared::check_and_insert(self, key, now, ttl_ms)
     }
+    #[inline]
     fn contains(&mut self, key: &[u8], now: u64) -> Res<bool> {
         Ok(self.ids.get(key)?.is_some_and(|v| live(&v, now)))
     }
+    #[inline]
     fn check_and_insert_batch(&mut self, keys: &[&[u8]], now: u64, ttl_ms: u64) -> Res<Vec<bool>> {
         let exp = (now + ttl_ms).to_le_bytes();
         let mut batch = self.ks.batch();
@@ -57,17 +60,20 @@ impl Backend for Fjall {
         batch.commit()?;
         Ok(new)
     }
+    #[inline]
     fn contains_batch(&mut self, keys: &[&[u8]], now: u64) -> Res<Vec<bool>> {
         keys.iter()
             .map(|&key| Ok(self.ids.get(key)?.is_some_and(|v| live(&v, now))))
             .collect()
     }
+    #[inline]
     fn flush(&mut self) -> Res<()> {
         Ok(self.ks.persist(PersistMode::SyncAll)?)
     }
 }
 
 impl Shared for Fjall {
+    #[inline]
     fn check_and_insert(&self, key: &[u8], now: u64, ttl_ms: u64) -> Res<bool> {
         if self.ids.get(key)?.is_some_and(|v| live(&v, now)) {
             return Ok(false);

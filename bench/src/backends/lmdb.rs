@@ -58,13 +58,16 @@ impl Lmdb {
 }
 
 impl Backend for Lmdb {
+    #[inline]
     fn check_and_insert(&mut self, key: &[u8], now: u64, ttl_ms: u64) -> Res<bool> {
         Shared::check_and_insert(self, key, now, ttl_ms)
     }
+    #[inline]
     fn contains(&mut self, key: &[u8], now: u64) -> Res<bool> {
         let r = self.env.read_txn()?;
         Ok(self.db.get(&r, key)?.is_some_and(|v| live(v, now)))
     }
+    #[inline]
     fn check_and_insert_batch(&mut self, keys: &[&[u8]], now: u64, ttl_ms: u64) -> Res<Vec<bool>> {
         let mut w = self.env.write_txn()?;
         let new = keys
@@ -74,18 +77,21 @@ impl Backend for Lmdb {
         w.commit()?;
         Ok(new)
     }
+    #[inline]
     fn contains_batch(&mut self, keys: &[&[u8]], now: u64) -> Res<Vec<bool>> {
         let r = self.env.read_txn()?;
         keys.iter()
             .map(|&key| Ok(self.db.get(&r, key)?.is_some_and(|v| live(v, now))))
             .collect()
     }
+    #[inline]
     fn flush(&mut self) -> Res<()> {
         Ok(self.env.force_sync()?)
     }
 }
 
 impl Shared for Lmdb {
+    #[inline]
     fn check_and_insert(&self, key: &[u8], now: u64, ttl_ms: u64) -> Res<bool> {
         let mut w = self.env.write_txn()?;
         if self.cai_in(&mut w, key, now, ttl_ms)? {

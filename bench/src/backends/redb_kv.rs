@@ -55,17 +55,21 @@ impl Redb {
 }
 
 impl Backend for Redb {
+    #[inline]
     fn check_and_insert(&mut self, key: &[u8], now: u64, ttl_ms: u64) -> Res<bool> {
         Shared::check_and_insert(self, key, now, ttl_ms)
     }
+    #[inline]
     fn contains(&mut self, key: &[u8], now: u64) -> Res<bool> {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(IDS)?;
         Ok(t.get(key)?.is_some_and(|v| v.value() > now))
     }
+    #[inline]
     fn check_and_insert_batch(&mut self, keys: &[&[u8]], now: u64, ttl_ms: u64) -> Res<Vec<bool>> {
         self.cai(keys, now, ttl_ms)
     }
+    #[inline]
     fn contains_batch(&mut self, keys: &[&[u8]], now: u64) -> Res<Vec<bool>> {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(IDS)?;
@@ -73,6 +77,7 @@ impl Backend for Redb {
             .map(|&key| Ok(t.get(key)?.is_some_and(|v| v.value() > now)))
             .collect()
     }
+    #[inline]
     fn flush(&mut self) -> Res<()> {
         let mut tx = self.db.begin_write()?;
         tx.set_durability(Durability::Immediate)?;
@@ -82,6 +87,7 @@ impl Backend for Redb {
 }
 
 impl Shared for Redb {
+    #[inline]
     fn check_and_insert(&self, key: &[u8], now: u64, ttl_ms: u64) -> Res<bool> {
         let mut tx = self.db.begin_write()?;
         tx.set_durability(self.durability)?;

@@ -27,12 +27,14 @@ pub struct Redis(redis::Connection);
 pub struct NotShared;
 
 impl Shared for NotShared {
+    #[inline]
     fn check_and_insert(&self, _: &[u8], _: u64, _: u64) -> Res<bool> {
         Err("redis: no threaded mode".into())
     }
 }
 
 impl Backend for Redis {
+    #[inline]
     fn check_and_insert(&mut self, key: &[u8], _now: u64, ttl_ms: u64) -> Res<bool> {
         let r: Option<String> = redis::cmd("SET")
             .arg(key)
@@ -43,10 +45,12 @@ impl Backend for Redis {
             .query(&mut self.0)?;
         Ok(r.is_some())
     }
+    #[inline]
     fn contains(&mut self, key: &[u8], _now: u64) -> Res<bool> {
         let n: i64 = redis::cmd("EXISTS").arg(key).query(&mut self.0)?;
         Ok(n == 1)
     }
+    #[inline]
     fn check_and_insert_batch(&mut self, keys: &[&[u8]], _now: u64, ttl_ms: u64) -> Res<Vec<bool>> {
         let mut p = redis::pipe();
         for &key in keys {
@@ -55,6 +59,7 @@ impl Backend for Redis {
         let r: Vec<Option<String>> = p.query(&mut self.0)?;
         Ok(r.into_iter().map(|r| r.is_some()).collect())
     }
+    #[inline]
     fn contains_batch(&mut self, keys: &[&[u8]], _now: u64) -> Res<Vec<bool>> {
         let mut p = redis::pipe();
         for &key in keys {
@@ -63,6 +68,7 @@ impl Backend for Redis {
         let r: Vec<i64> = p.query(&mut self.0)?;
         Ok(r.into_iter().map(|n| n == 1).collect())
     }
+    #[inline]
     fn flush(&mut self) -> Res<()> {
         Ok(())
     }

@@ -40,12 +40,15 @@ impl Rocks {
 }
 
 impl Backend for Rocks {
+    #[inline]
     fn check_and_insert(&mut self, key: &[u8], now: u64, ttl_ms: u64) -> Res<bool> {
         Shared::check_and_insert(self, key, now, ttl_ms)
     }
+    #[inline]
     fn contains(&mut self, key: &[u8], now: u64) -> Res<bool> {
         Ok(self.db.get_pinned(key)?.is_some_and(|v| live(&v, now)))
     }
+    #[inline]
     fn check_and_insert_batch(&mut self, keys: &[&[u8]], now: u64, ttl_ms: u64) -> Res<Vec<bool>> {
         let exp = (now + ttl_ms).to_le_bytes();
         let found = self.db.multi_get(keys.iter().copied());
@@ -66,6 +69,7 @@ impl Backend for Rocks {
         self.db.write_opt(batch, &self.write_options())?;
         Ok(new)
     }
+    #[inline]
     fn contains_batch(&mut self, keys: &[&[u8]], now: u64) -> Res<Vec<bool>> {
         self.db
             .multi_get(keys.iter().copied())
@@ -73,12 +77,14 @@ impl Backend for Rocks {
             .map(|v| Ok(v?.is_some_and(|v| live(&v, now))))
             .collect()
     }
+    #[inline]
     fn flush(&mut self) -> Res<()> {
         Ok(self.db.flush()?)
     }
 }
 
 impl Shared for Rocks {
+    #[inline]
     fn check_and_insert(&self, key: &[u8], now: u64, ttl_ms: u64) -> Res<bool> {
         if self.db.get_pinned(key)?.is_some_and(|v| live(&v, now)) {
             return Ok(false);
