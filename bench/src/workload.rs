@@ -1,12 +1,22 @@
 //! The dedup workload: a stream of message IDs with redeliveries.
 
 /// Key format of the generated IDs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum KeyKind {
     /// 16 random bytes.
     Random16,
     /// 36-byte UUID strings (`xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx`).
     Uuid,
+}
+
+impl KeyKind {
+    /// Bytes per key: every key of a kind has this length.
+    pub const fn key_len(self) -> usize {
+        match self {
+            KeyKind::Random16 => 16,
+            KeyKind::Uuid => 36,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -59,10 +69,7 @@ pub fn new_key(rng: &mut fastrand::Rng, kind: KeyKind, out: &mut Vec<u8>) {
 
 pub fn generate(p: &Params) -> Stream {
     let mut rng = fastrand::Rng::with_seed(p.seed);
-    let key_len = match p.key {
-        KeyKind::Random16 => 16,
-        KeyKind::Uuid => 36,
-    };
+    let key_len = p.key.key_len();
     let mut bytes = Vec::with_capacity(p.ids * key_len);
     let mut firsts = Vec::with_capacity(p.ids);
     let mut duplicates = 0;

@@ -1,23 +1,26 @@
 //! fjall: get, then insert if absent (no transaction: not atomic across
-//! threads; the benchmark's threads never share keys).
+//! threads; the benchmark's threads never share keys). Batched: a get per
+//! key (fjall 2 has no multi-get), the new keys written in one write batch
+//! (`Keyspace::batch`); a write batch does not see its own writes, so keys
+//! repeated inside a batch are caught by a per-batch set.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use fjall::{Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
+use hashbrown::HashSet;
 
-use super::{live, Backend, Durable, Res, Spec};
+use super::{live, Backend, Plan, Res, Shared};
 
-pub fn spec() -> Spec {
-    Spec {
-        name: "fjall",
+pub fn plan() -> Plan<Fjall, Fjall, Fjall> {
+    Plan {
         persistent: true,
-        open: |dir| Ok(Box::new(open(dir, false)?)),
-        open_durable: Some(|dir| Ok(Arc::new(open(dir, true)?))),
+        open: |dir| open(dir, false),
+        threaded: None,
+        durable: Some(|dir| open(dir, true)),
     }
 }
 
-struct Fjall {
+pub struct Fjall {
     ks: Keyspace,
     ids: PartitionHandle,
     durable: bool,
@@ -29,8 +32,49 @@ fn open(dir: &Path, durable: bool) -> Res<Fjall> {
     Ok(Fjall { ks, ids, durable })
 }
 
-impl Fjall {
-    fn cai(&self, key: &[u8], now: u64, ttl_ms: u64) -> Res<bool> {
+impl Backend for Fjall {
+    #[inline]
+    fn check_and_insert(&mut self, key: &[u8], now: u64, ttl_ms: u64) -> Res<bool> {
+        Shared::check_and_insert(self, key, now, ttl_ms)
+    }
+    #[inline]
+    fn contains(&mut self, key: &[u8], now: u64) -> Res<bool> {
+        Ok(self.ids.get(key)?.is_some_and(|v| live(&v, now)))
+    }
+    #[inline]
+    fn check_and_insert_batch(&mut self, keys: &[&[u8]], now: u64, ttl_ms: u64) -> Res<Vec<bool>> {
+        let exp = (now + ttl_ms).to_le_bytes();
+        let mut batch = self.ks.batch();
+        let mut in_batch: HashSet<&[u8]> = HashSet::with_capacity(keys.len());
+        let new = keys
+            .iter()
+            .map(|&key| {
+                if in_batch.contains(key) || self.ids.get(key)?.is_some_and(|v| live(&v, now)) {
+                    return Ok(false);
+                }
+                in_batch.insert(key);
+                batch.insert(&self.ids, key, exp);
+                Ok(true)
+            })
+            .collect::<Res<Vec<bool>>>()?;
+        batch.commit()?;
+        Ok(new)
+    }
+    #[inline]
+    fn contains_batch(&mut self, keys: &[&[u8]], now: u64) -> Res<Vec<bool>> {
+        keys.iter()
+            .map(|&key| Ok(self.ids.get(key)?.is_some_and(|v| live(&v, now))))
+            .collect()
+    }
+    #[inline]
+    fn flush(&mut self) -> Res<()> {
+        Ok(self.ks.persist(PersistMode::SyncAll)?)
+    }
+}
+
+impl Shared for Fjall {
+    #[inline]
+    fn check_and_insert(&self, key: &[u8], now: u64, ttl_ms: u64) -> Res<bool> {
         if self.ids.get(key)?.is_some_and(|v| live(&v, now)) {
             return Ok(false);
         }
@@ -39,23 +83,5 @@ impl Fjall {
             self.ks.persist(PersistMode::SyncAll)?;
         }
         Ok(true)
-    }
-}
-
-impl Backend for Fjall {
-    fn check_and_insert(&mut self, key: &[u8], now: u64, ttl_ms: u64) -> Res<bool> {
-        self.cai(key, now, ttl_ms)
-    }
-    fn contains(&mut self, key: &[u8], now: u64) -> Res<bool> {
-        Ok(self.ids.get(key)?.is_some_and(|v| live(&v, now)))
-    }
-    fn flush(&mut self) -> Res<()> {
-        Ok(self.ks.persist(PersistMode::SyncAll)?)
-    }
-}
-
-impl Durable for Fjall {
-    fn check_and_insert(&self, key: &[u8], now: u64, ttl_ms: u64) -> Res<bool> {
-        self.cai(key, now, ttl_ms)
     }
 }
