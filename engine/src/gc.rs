@@ -223,6 +223,15 @@ impl<F: Vfs> Inner<F> {
     /// retries instead of leaking the file until restart.
     fn delete_segment(&self, seg: &Arc<Segment<F>>) -> Result<()> {
         self.log.poison.check()?;
+        // Invariant: the active segment is never deleted (nor compacted):
+        // appends would go on into an unlinked file.
+        let (active, _) = self.log.head();
+        if seg.id >= active.id {
+            return Err(Error::InvalidConfig(format!(
+                "GC asked to delete segment {} at or after the active one",
+                seg.id
+            )));
+        }
         self.table.remove(seg.id);
         if let Err(e) = self.log.fs.remove(&seg.path) {
             self.table.insert(seg.clone());

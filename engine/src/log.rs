@@ -123,6 +123,9 @@ pub struct Log<F: Vfs> {
 pub struct Appender<'a, F: Vfs> {
     guard: MutexGuard<'a, LogState<F>>,
     log: &'a Log<F>,
+    /// Set by `begin_batch`: the poison flag was checked once for a batch
+    /// that must go in whole.
+    batch: bool,
 }
 
 impl<F: Vfs> Log<F> {
@@ -147,6 +150,7 @@ impl<F: Vfs> Log<F> {
         Appender {
             guard: self.state.lock().unwrap_or_else(|p| p.into_inner()),
             log: self,
+            batch: false,
         }
     }
 
@@ -226,7 +230,9 @@ impl<F: Vfs> Appender<'_, F> {
         horizon: u64,
         fill: impl FnOnce(&mut [u8]),
     ) -> Result<(u32, u32, Lsn)> {
-        self.log.poison.check()?;
+        if !self.batch {
+            self.log.poison.check()?;
+        }
         self.reserve(table, len)?;
         let st = &mut *self.guard;
         let off = st.off;
@@ -246,20 +252,21 @@ impl<F: Vfs> Appender<'_, F> {
         Ok((st.active.id, off32, lsn(st.active.id, off + len)))
     }
 
-    /// Makes sure the next `bytes` of appends fit in the active segment,
-    /// rolling to a new one first if not. Lets a batch fail before it has
-    /// inserted anything, instead of halfway.
-    pub fn reserve(&mut self, table: &SegmentTable<F>, bytes: usize) -> Result<()> {
-        if self.guard.off + bytes > self.guard.active.capacity() {
-            self.roll(table)?;
-        }
+    /// Starts a batch that must be appended whole: makes room for `bytes`
+    /// (rolling first if needed) and checks the poison flag once, so that a
+    /// sync failing on another thread meanwhile cannot cut it halfway. (The
+    /// batch's durability wait then reports that failure for all of it.)
+    pub fn begin_batch(&mut self, table: &SegmentTable<F>, bytes: usize) -> Result<()> {
+        self.log.poison.check()?;
+        self.reserve(table, bytes)?;
+        self.batch = true;
         Ok(())
     }
 
-    /// Seals the active segment now and starts the next one, if the active
-    /// one holds any record.
-    pub fn roll_now(&mut self, table: &SegmentTable<F>) -> Result<()> {
-        if self.guard.off > crate::segment::HEADER_LEN {
+    /// Makes sure the next `bytes` of appends fit in the active segment,
+    /// rolling to a new one first if not.
+    pub fn reserve(&mut self, table: &SegmentTable<F>, bytes: usize) -> Result<()> {
+        if self.guard.off + bytes > self.guard.active.capacity() {
             self.roll(table)?;
         }
         Ok(())
@@ -273,7 +280,7 @@ impl<F: Vfs> Appender<'_, F> {
     /// failure here poisons the store (through the gate); a failure after
     /// the next segment may exist on disk too (`Segment::create`), so the
     /// sealed one never takes another append.
-    fn roll(&mut self, table: &SegmentTable<F>) -> Result<()> {
+    pub fn roll(&mut self, table: &SegmentTable<F>) -> Result<()> {
         let st = &mut *self.guard;
         st.active.sync(0, st.off)?;
         st.active.persist_watermark(st.off as u64)?;

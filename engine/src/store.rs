@@ -153,9 +153,14 @@ impl<F: Vfs> Store<F> {
         // stale records cannot reappear behind new appends. Then sync the
         // whole segment (only dirty pages are written) and set the watermark
         // to the end of the recovered records: exactly what is durable now.
+        // To the end of the file, not of the records: if an earlier open in
+        // this boot zeroed a torn tail and its sync failed, the page cache
+        // shows zeros over stale records still on disk, which an append
+        // lining up with them could bring back. Costs writing the unused
+        // rest of the active segment once per open.
         let from = usize::try_from(rec.active_wm).map_or(rec.end, |w| w.min(rec.end));
         // SAFETY: the store is not shared yet; this thread has the segment.
-        unsafe { rec.active.redirty(from, rec.end) };
+        unsafe { rec.active.redirty(from, rec.active.capacity()) };
         rec.active.sync(0, rec.active.capacity())?;
         rec.active.reset_watermark(rec.end as u64)?;
         let commit = Commit::default();
@@ -265,7 +270,7 @@ impl<F: Vfs> Store<F> {
             // Lock order: shards ascending, then the log.
             let mut guards: Vec<_> = shard_ids.iter().map(|&s| inner.index.lock(s)).collect();
             let mut appender = inner.log.lock();
-            appender.reserve(&inner.table, bytes)?;
+            appender.begin_batch(&inner.table, bytes)?;
             for (k, &h) in keys.iter().zip(&hashes) {
                 let Ok(g) = shard_ids.binary_search(&shard_of(h)) else {
                     unreachable!("shard was collected above")
@@ -637,7 +642,9 @@ impl<F: Vfs> Inner<F> {
     fn rewrite_damaged(&self, damaged: &[u32]) -> Result<()> {
         let (active, _) = self.log.head();
         if damaged.contains(&active.id) {
-            self.log.lock().roll_now(&self.table)?;
+            // Even if nothing of it survived: the active segment is never
+            // compacted (GC refuses it), so it must be sealed first.
+            self.log.lock().roll(&self.table)?;
         }
         let now = self.config.clock.now_ms();
         for &id in damaged {
