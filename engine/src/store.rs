@@ -475,6 +475,19 @@ impl<F: Vfs> Store<F> {
     }
 }
 
+impl<F: Vfs> std::fmt::Debug for Store<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (active, end) = self.inner.log.head();
+        f.debug_struct("Store")
+            .field("dir", &self.inner.dir)
+            .field("config", &self.inner.config)
+            .field("active_segment", &active.id)
+            .field("log_end", &end)
+            .field("poisoned", &self.inner.log.poison.check().is_err())
+            .finish_non_exhaustive()
+    }
+}
+
 impl<F: Vfs> Drop for Store<F> {
     fn drop(&mut self) {
         // Errors cannot be returned from drop; `close` reports them.
@@ -733,8 +746,15 @@ fn spawn_flusher<F: Vfs>(
         .spawn(move || loop {
             match rx.recv_timeout(every) {
                 Err(RecvTimeoutError::Timeout) => {
-                    // A failure poisons the store; callers see it on their next call.
-                    let _ = inner.sync();
+                    // A failure poisons the store; callers see it on their
+                    // next call. So does a panic (a bug): the thread must not
+                    // vanish while callers believe their data gets synced.
+                    let synced =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.sync()));
+                    if synced.is_err() {
+                        inner.log.poison.set();
+                        return;
+                    }
                 }
                 _ => return,
             }

@@ -183,3 +183,12 @@ fn stats_count_records_and_keys() {
     assert_eq!((st.live_keys, st.expired_keys), (6, 4));
     assert_eq!(st.indexed_keys, 10);
 }
+
+#[test]
+fn store_debug_says_where_it_is_and_whether_it_is_poisoned() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), Config::default()).unwrap();
+    let d = format!("{s:?}");
+    assert!(d.contains("Store") && d.contains("poisoned: false"), "{d}");
+    assert!(d.contains(&dir.path().display().to_string()), "{d}");
+}
