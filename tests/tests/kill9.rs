@@ -19,6 +19,7 @@ fn rounds(mode: &str, rounds: usize) {
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
+        let (first_tx, first_rx) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {
             let (mut acked, mut synced) = (Vec::new(), None);
             for line in BufReader::new(stdout).lines() {
@@ -27,9 +28,14 @@ fn rounds(mode: &str, rounds: usize) {
                     Some(i) => synced = i.parse::<u64>().ok(),
                     None => acked.push(line.parse::<u64>().unwrap()),
                 }
+                let _ = first_tx.send(());
             }
             (acked, synced)
         });
+        // Kill at a random moment once the child is inserting (on a loaded
+        // machine, starting and opening the store can take longer than the
+        // kill delay itself).
+        let _ = first_rx.recv_timeout(Duration::from_secs(30));
         std::thread::sleep(Duration::from_millis(rng.u64(5..60)));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
