@@ -1304,6 +1304,20 @@ pub fn shrink(durability: Durability, nkeys: u32, ops: &[Op], f: &Failure) -> (V
     (best, best_f)
 }
 
+/// The seeded scenario the model check and the hunting tool run: a
+/// durability mode, a key count and 500 random steps.
+pub fn scenario(seed: u64) -> (Durability, u32, Vec<Op>) {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let durability = match rng.u8(..3) {
+        0 => Durability::Immediate,
+        1 => Durability::None,
+        _ => Durability::Interval(Duration::from_millis(1 + rng.u64(..5))),
+    };
+    let nkeys = rng.u32(8..200);
+    let ops = random_ops(&mut rng, 500, nkeys);
+    (durability, nkeys, ops)
+}
+
 /// A random scenario from a seed: the generator the ordinary tests use.
 ///
 /// It aims at the dangerous states: a few hot keys removed and re-inserted

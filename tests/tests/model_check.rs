@@ -19,26 +19,12 @@
 //! engine is fixed. `tests/tests/model_hunt.rs` is the tool that finds and
 //! shrinks such sequences.
 
-use std::time::Duration;
-
 use dedupstore::Durability;
-use dedupstore_tests::model::{self, random_ops, Op, Summary};
+use dedupstore_tests::model::{self, scenario, Op, Summary};
 use Op::*;
 
 /// Sequences run by default (CI).
 const CI_SEEDS: u64 = 300;
-
-fn scenario(seed: u64) -> (Durability, u32, Vec<Op>) {
-    let mut rng = fastrand::Rng::with_seed(seed);
-    let durability = match rng.u8(..3) {
-        0 => Durability::Immediate,
-        1 => Durability::None,
-        _ => Durability::Interval(Duration::from_millis(1 + rng.u64(..5))),
-    };
-    let nkeys = rng.u32(8..200);
-    let ops = random_ops(&mut rng, 500, nkeys);
-    (durability, nkeys, ops)
-}
 
 #[test]
 fn random_sequences_with_crashes_match_the_model() {

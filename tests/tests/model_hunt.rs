@@ -9,22 +9,9 @@
 //! (the engine stores `complete(.., None, ..)` as `Some([])`).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use dedupstore::Durability;
-use dedupstore_tests::model::{self, random_ops, Op};
-
-fn scenario(seed: u64) -> (Durability, u32, Vec<Op>) {
-    let mut rng = fastrand::Rng::with_seed(seed);
-    let durability = match rng.u8(..3) {
-        0 => Durability::Immediate,
-        1 => Durability::None,
-        _ => Durability::Interval(Duration::from_millis(1 + rng.u64(..5))),
-    };
-    let nkeys = rng.u32(8..200);
-    let ops = random_ops(&mut rng, 500, nkeys);
-    (durability, nkeys, ops)
-}
+use dedupstore_tests::model::{self, scenario, Op};
 
 /// A failing run: seed, durability, key count, ops, failure.
 type Run = (u64, Durability, u32, Vec<Op>, model::Failure);
