@@ -570,6 +570,11 @@ struct Runner {
     summary: Summary,
     /// A sync failed: writes must fail with `SyncFailed` until reopened.
     poisoned: bool,
+    /// Under `Interval`, a sync fault fired, but possibly in the background
+    /// flusher, which sets the poison flag only when its msync returns: a
+    /// write may still succeed meanwhile (that sync had not failed yet when
+    /// the write was acknowledged). The first `SyncFailed` makes it certain.
+    poison_pending: bool,
     /// The armed fault's kind and errno.
     armed: Option<(&'static str, i32)>,
     failures_seen: u64,
@@ -625,7 +630,11 @@ impl Runner {
         if now > f0 {
             self.summary.faults += now - f0;
             if self.armed.is_some_and(|(k, _)| is_sync(k)) {
-                self.poisoned = true;
+                if matches!(self.durability, Durability::Interval(_)) {
+                    self.poison_pending = true;
+                } else {
+                    self.poisoned = true;
+                }
             }
             true
         } else {
@@ -635,13 +644,18 @@ impl Runner {
 
     /// Checks an error. `Ok(true)`: the call may have taken effect (a fault
     /// fired during it); `Ok(false)`: it certainly did not.
-    fn expect_err(&self, e: &Error, fired: bool, what: &str) -> Res<bool> {
+    fn expect_err(&mut self, e: &Error, fired: bool, what: &str) -> Res<bool> {
         let errno = self.armed.map(|(_, e)| e);
         let injected = matches!(e, Error::Io { source, .. } if source.raw_os_error() == errno);
+        if fired && injected && self.armed.is_some_and(|(k, _)| is_sync(k)) {
+            // This call's own sync failed: the store is poisoned now.
+            self.poisoned = true;
+        }
         if fired && (injected || matches!(e, Error::SyncFailed)) {
             return Ok(true);
         }
-        if self.poisoned && matches!(e, Error::SyncFailed) {
+        if (self.poisoned || self.poison_pending) && matches!(e, Error::SyncFailed) {
+            self.poisoned = true;
             return Ok(false);
         }
         let why = if self.poisoned {
@@ -683,6 +697,7 @@ impl Runner {
         for _attempt in 0..3 {
             // A fresh process: only a sync failing in this open poisons it.
             self.poisoned = false;
+            self.poison_pending = false;
             let f0 = self.fs.failures();
             match Store::open_with(self.fs.clone(), "/db", self.cfg(self.clock.clone())) {
                 Ok(s) => {
@@ -988,6 +1003,7 @@ impl Runner {
                 self.failures_seen = 0;
                 self.armed = None;
                 self.poisoned = false;
+                self.poison_pending = false;
                 self.owners.clear();
                 let s = self.open_live()?;
                 self.store = Some(s);
@@ -1202,6 +1218,7 @@ pub fn check(durability: Durability, nkeys: u32, ops: &[Op]) -> Result<Summary, 
         owners: BTreeMap::new(),
         summary: Summary::default(),
         poisoned: false,
+        poison_pending: false,
         armed: None,
         failures_seen: 0,
         fillers: 0,
