@@ -1,9 +1,8 @@
 //! The append side of the log: the active segment, record appends, rolls,
 //! and the table of open segments that readers resolve locations through.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 use crate::error::Result;
 use crate::format::{le, rec};
@@ -22,49 +21,97 @@ pub fn lsn(seg: u32, off: usize) -> Lsn {
 }
 
 /// Open segments by id.
+///
+/// A `Vec` sorted by id (segments are few: one per GiB of log), behind a
+/// read-write lock. A reader takes the read lock once per operation
+/// ([`SegmentTable::read`]) and resolves every location it needs through
+/// that guard: GC's `remove` takes the write lock, so no segment a reader
+/// holds through the guard can be unmapped under it.
 pub struct SegmentTable<F: Vfs> {
-    map: RwLock<HashMap<u32, Arc<Segment<F>>>>,
+    segs: RwLock<Vec<Arc<Segment<F>>>>,
+}
+
+/// The open segments, read-locked: what a reader resolves locations
+/// through. Lock order: taken after index shards and the log lock, never
+/// held while taking either (a roll takes the write lock under the log
+/// lock), and never taken twice by one thread (a waiting writer would
+/// block the second read).
+pub struct Segs<'a, F: Vfs> {
+    segs: RwLockReadGuard<'a, Vec<Arc<Segment<F>>>>,
+}
+
+impl<F: Vfs> Segs<'_, F> {
+    /// Segment `id`, if open.
+    #[inline]
+    pub fn get(&self, id: u32) -> Option<&Segment<F>> {
+        // Most lookups hit the newest segment: try the last one first.
+        match self.segs.last() {
+            Some(s) if s.id == id => Some(s),
+            _ => self
+                .segs
+                .binary_search_by_key(&id, |s| s.id)
+                .ok()
+                .map(|i| &*self.segs[i]),
+        }
+    }
+
+    /// The record `e` points at, if its segment is open.
+    #[inline]
+    pub fn record(&self, e: &Entry) -> Option<&[u8]> {
+        self.get(e.seg).map(|s| record_at(s, e.off))
+    }
+
+    /// Does the key stored at `e` equal `key`? False if its segment is gone.
+    #[inline]
+    pub fn entry_is_key(&self, e: &Entry, key: &[u8]) -> bool {
+        self.get(e.seg)
+            .is_some_and(|s| key_of(record_at(s, e.off)) == key)
+    }
 }
 
 impl<F: Vfs> Default for SegmentTable<F> {
     fn default() -> Self {
         SegmentTable {
-            map: RwLock::new(HashMap::new()),
+            segs: RwLock::new(Vec::new()),
         }
     }
 }
 
 impl<F: Vfs> SegmentTable<F> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Arc<Segment<F>>>> {
+        self.segs.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The open segments, read-locked (see [`Segs`] for the lock order).
+    #[inline]
+    pub fn read(&self) -> Segs<'_, F> {
+        Segs {
+            segs: self.segs.read().unwrap_or_else(|p| p.into_inner()),
+        }
+    }
+
     pub fn insert(&self, seg: Arc<Segment<F>>) {
-        self.map
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(seg.id, seg);
+        let mut segs = self.write();
+        match segs.binary_search_by_key(&seg.id, |s| s.id) {
+            Ok(i) => segs[i] = seg,
+            Err(i) => segs.insert(i, seg),
+        }
     }
 
     pub fn remove(&self, id: u32) -> Option<Arc<Segment<F>>> {
-        self.map
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id)
+        let mut segs = self.write();
+        let i = segs.binary_search_by_key(&id, |s| s.id).ok()?;
+        Some(segs.remove(i))
     }
 
     /// Runs `f` on segment `id`, if open.
     pub fn with<R>(&self, id: u32, f: impl FnOnce(&Segment<F>) -> R) -> Option<R> {
-        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
-        map.get(&id).map(|s| f(s))
+        self.read().get(id).map(f)
     }
 
+    /// Every open segment, by id.
     pub fn all(&self) -> Vec<Arc<Segment<F>>> {
-        let mut v: Vec<_> = self
-            .map
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        v.sort_by_key(|s| s.id);
-        v
+        self.read().segs.to_vec()
     }
 }
 
@@ -92,9 +139,7 @@ pub fn record_at<F: Vfs>(seg: &Segment<F>, off: u32) -> &[u8] {
 
 /// Does the key stored at `e` equal `key`?
 pub fn entry_is_key<F: Vfs>(table: &SegmentTable<F>, e: &Entry, key: &[u8]) -> bool {
-    table
-        .with(e.seg, |s| key_of(record_at(s, e.off)) == key)
-        .unwrap_or(false)
+    table.read().entry_is_key(e, key)
 }
 
 /// The key of a record returned by `record_at`.

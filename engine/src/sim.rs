@@ -53,7 +53,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crate::vfs::{Mapping, Vfs, VfsFile};
 
@@ -313,6 +313,10 @@ struct State {
     failures: AtomicU64,
     /// Decides what failed syncs keep.
     rng: Mutex<Rng>,
+    /// While set, msync calls wait (see [`SimFs::hold_syncs`]); the count
+    /// is of msyncs waiting now.
+    hold: Mutex<(bool, usize)>,
+    released: Condvar,
 }
 
 /// The simulated file system. Clones share state.
@@ -377,6 +381,28 @@ impl SimFs {
         let mut f = lock(&self.0.fault);
         self.0.ops.store(0, Ordering::SeqCst);
         *f = fault;
+    }
+
+    /// While `on`, every msync waits before it runs (and before any planned
+    /// failure fires), so a test can line up callers behind a sync in
+    /// progress; `false` lets them all go.
+    pub fn hold_syncs(&self, on: bool) {
+        lock(&self.0.hold).0 = on;
+        self.0.released.notify_all();
+    }
+
+    /// msync calls waiting behind [`SimFs::hold_syncs`] now.
+    pub fn held_syncs(&self) -> usize {
+        lock(&self.0.hold).1
+    }
+
+    fn wait_while_held(&self) {
+        let mut h = lock(&self.0.hold);
+        h.1 += 1;
+        while h.0 {
+            h = self.0.released.wait(h).unwrap_or_else(|p| p.into_inner());
+        }
+        h.1 -= 1;
     }
 
     /// The planned failure, if any (a non-sticky one stays planned after it
@@ -731,6 +757,7 @@ impl Mapping for SimMap {
         }
     }
     fn sync_range(&self, off: usize, len: usize) -> io::Result<()> {
+        self.fs.wait_while_held();
         let r = self.fs.io("msync");
         let mut d = lock(&self.inner.data);
         // msync is page-granular: whole 4 KiB pages around the range.

@@ -15,7 +15,7 @@ use crate::error::{io_err, Error, Result};
 use crate::gc::{GcCounters, GcReport};
 use crate::index::{hash_key, keep_secs, shard_of, tag_of, Entry, Index, Shard};
 use crate::limits::{check_key, check_ttl, expiry};
-use crate::log::{entry_is_key, lsn, record_at, Appender, Log, Lsn, SegmentTable};
+use crate::log::{entry_is_key, lsn, Appender, Log, Lsn, SegmentTable, Segs};
 use crate::poison::Poison;
 use crate::record::{self, Body, Kind};
 use crate::recovery::{self, RecoveryStats};
@@ -296,14 +296,15 @@ impl<F: Vfs> Store<F> {
     pub fn contains(&self, key: &[u8]) -> Result<bool> {
         check_key(key)?;
         let inner = &*self.inner;
-        let now = inner.config.clock.now_ms();
         let h = hash_key(key);
         let (present, need) = {
             let shard = inner.index.lock(shard_of(h));
-            match shard.find(tag_of(h), |e| entry_is_key(&inner.table, e, key)) {
+            let segs = inner.table.read();
+            match find_record(&shard, &segs, tag_of(h), key) {
                 // A removal or an expired record answers absent; the record
-                // that says so must be durable too (`need`).
-                Some(e) => inner.answer_at(&e, now),
+                // that says so must be durable too (`need`). The clock is
+                // read only for a hit: a miss needs no time.
+                Some((e, rec)) => answer_of(&e, rec, inner.config.clock.now_ms()),
                 None => return Ok(false),
             }
         };
@@ -501,6 +502,32 @@ fn horizon_after(previous: u64, expires_at: u64) -> u64 {
     previous.max(expires_at)
 }
 
+/// Records up to this long (keys up to 112 bytes) are encoded on the stack
+/// before the log lock is taken; longer ones are encoded in place under it.
+const STACK_RECORD: usize = 128;
+
+/// The key's entry and its record, found through one read of the segment
+/// table: a tag match counts only once the full key in the log matches.
+fn find_record<'s, F: Vfs>(
+    shard: &Shard,
+    segs: &'s Segs<'s, F>,
+    tag: u32,
+    key: &[u8],
+) -> Option<(Entry, &'s [u8])> {
+    let e = shard.find(tag, |e| segs.entry_is_key(e, key))?;
+    Some((e, segs.record(&e)?))
+}
+
+/// What record `rec` (the one entry `e` points at) says at `now`: `Some`
+/// if it makes the key present; and its end LSN, what must be durable
+/// before either answer is given.
+fn answer_of(e: &Entry, rec: &[u8], now: u64) -> (Option<Live>, Lsn) {
+    let end = lsn(e.seg, e.off as usize + rec.len());
+    let expires_at = record::expires_at_of(rec);
+    let present = record::kind_byte_of(rec) != record::KIND_REMOVE && expires_at > now;
+    (present.then_some(Live { expires_at, end }), end)
+}
+
 /// An unexpired record found in the index.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Live {
@@ -535,16 +562,12 @@ impl<F: Vfs> Inner<F> {
     /// makes the key present), and the end LSN of that record: what must be
     /// durable before either answer is given.
     fn answer_at(&self, e: &Entry, now: u64) -> (Option<Live>, Lsn) {
-        self.table
-            .with(e.seg, |s| {
-                let rec = record_at(s, e.off);
-                let end = lsn(e.seg, e.off as usize + rec.len());
-                let expires_at = record::expires_at_of(rec);
-                let present = record::kind_byte_of(rec) != record::KIND_REMOVE && expires_at > now;
-                (present.then_some(Live { expires_at, end }), end)
-            })
+        let segs = self.table.read();
+        match segs.record(e) {
+            Some(rec) => answer_of(e, rec, now),
             // Its segment is gone: deleted by GC once nothing in it mattered.
-            .unwrap_or((None, 0))
+            None => (None, 0),
+        }
     }
 
     /// What the record an entry points at says at `now`, if it makes its
@@ -566,12 +589,16 @@ impl<F: Vfs> Inner<F> {
     ) -> Result<(Outcome, Lsn)> {
         let tag = tag_of(h);
         // One probe of the table: the slot found is either the key's entry
-        // or where it goes.
-        let slot = shard.entry(tag, |e| entry_is_key(&self.table, e, key));
+        // or where it goes. The segment table is read-locked once for the
+        // probe and the answer, and released before the append (a roll
+        // takes it for writing under the log lock).
+        let segs = self.table.read();
+        let slot = shard.entry(tag, |e| segs.entry_is_key(e, key));
         let mut shadowed = 0;
         if let hashbrown::hash_table::Entry::Occupied(o) = &slot {
             let e = *o.get();
-            if let Some(live) = self.live_at(&e, now) {
+            let live = segs.record(&e).and_then(|rec| answer_of(&e, rec, now).0);
+            if let Some(live) = live {
                 return Ok((
                     Outcome::Duplicate {
                         expires_at: to_system_time(live.expires_at),
@@ -581,13 +608,28 @@ impl<F: Vfs> Inner<F> {
             }
             shadowed = e.horizon_ms();
         }
+        drop(segs);
         let horizon = horizon_after(shadowed, expires_at);
-        let (seg, off, end) = match appender {
-            Some(a) => a.append(&self.table, Kind::Insert, expires_at, key, horizon)?,
-            None => self
-                .log
-                .lock()
-                .append(&self.table, Kind::Insert, expires_at, key, horizon)?,
+        // The record is encoded (checksum included) before the log lock is
+        // taken, so the lock is held only to copy it in: other shards'
+        // inserts wait less for the log.
+        let len = record::encoded_len(key.len());
+        let mut buf = [0u8; STACK_RECORD];
+        let (seg, off, end) = if let Some(rec) = buf.get_mut(..len) {
+            record::encode_body(rec, &Body::Insert, expires_at, key);
+            match appender {
+                Some(a) => a.append_raw(&self.table, rec, horizon)?,
+                None => self.log.lock().append_raw(&self.table, rec, horizon)?,
+            }
+        } else {
+            match appender {
+                Some(a) => a.append(&self.table, Kind::Insert, expires_at, key, horizon)?,
+                None => {
+                    self.log
+                        .lock()
+                        .append(&self.table, Kind::Insert, expires_at, key, horizon)?
+                }
+            }
         };
         // Invariant: the record is in the log before the index points at it,
         // and both happen under the shard lock, so a racing call for the same

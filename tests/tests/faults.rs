@@ -50,6 +50,56 @@ fn a_failed_sync_stops_writes_until_reopen() {
 }
 
 #[test]
+fn every_waiter_queued_behind_a_failing_sync_gets_an_error() {
+    const THREADS: usize = 16;
+    let fs = SimFs::new();
+    let s = Store::open_with(fs.clone(), "/db", cfg().durability(Durability::Immediate)).unwrap();
+    s.check_and_insert(b"durable", DAY).unwrap();
+    // The next sync waits until released, then fails.
+    fs.hold_syncs(true);
+    fs.fail_at(Some(Fault {
+        at: 0,
+        sticky: true,
+        errno: libc::EIO,
+        only: Some("msync"),
+    }));
+    let results = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|i| {
+                let s = &s;
+                scope.spawn(move || s.check_and_insert(format!("key-{i}").as_bytes(), DAY))
+            })
+            .collect();
+        // Wait until every thread has appended its record and one sync is
+        // in progress: all of them then wait on that sync, or queue behind it.
+        while fs.held_syncs() < 1 || s.stats().indexed_keys < 1 + THREADS as u64 {
+            std::thread::yield_now();
+        }
+        fs.hold_syncs(false);
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    let mut io_errors = 0;
+    for r in &results {
+        match r {
+            Err(Error::Io { op: "msync", .. }) => io_errors += 1,
+            Err(Error::SyncFailed) => {}
+            other => panic!("a waiter behind a failed sync got {other:?}"),
+        }
+    }
+    assert_eq!(io_errors, 1, "exactly one sync ran and failed: {results:?}");
+    fs.fail_at(None);
+    assert!(matches!(
+        s.check_and_insert(b"later", DAY),
+        Err(Error::SyncFailed)
+    ));
+    assert!(matches!(s.contains(b"key-0"), Err(Error::SyncFailed)));
+    assert!(s.contains(b"durable").unwrap());
+}
+
+#[test]
 fn disk_full_fails_cleanly_and_recovers_when_space_returns() {
     let fs = SimFs::new();
     let s = Store::open_with(fs.clone(), "/db", cfg().durability(Durability::None)).unwrap();
