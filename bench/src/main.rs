@@ -21,6 +21,9 @@ use workload::{KeyKind, Params};
 
 #[derive(Parser, Debug, Clone)]
 #[command(
+    // `--scale` reruns this program with `--ids`/`--batch-sizes` appended:
+    // a later occurrence of an option overrides an earlier one.
+    args_override_self = true,
     about = "Dedup workload against dedupstore, a fair in-memory ceiling, and the engines users pick instead"
 )]
 struct Args {
@@ -66,6 +69,12 @@ struct Args {
     smoke: bool,
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Scale mode: only dedupstore and the map, single-op and batched
+    /// (the largest of `--batch-sizes`), at each of these ID counts; prints
+    /// each figure and its ratio to the smallest count. 100M needs about
+    /// 4 GB of RAM and 4 GB of disk.
+    #[arg(long, value_delimiter = ',', value_parser = positive, num_args = 0..)]
+    scale: Option<Vec<usize>>,
     /// Internal: run one backend in this process.
     #[arg(long, value_enum, hide = true)]
     child: Option<Engine>,
@@ -110,7 +119,11 @@ fn main() {
         }
         return;
     }
-    std::process::exit(match run_parent(&args) {
+    let ran = match &args.scale {
+        Some(sizes) => run_scale(&args, sizes),
+        None => run_parent(&args),
+    };
+    std::process::exit(match ran {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("bench failed: {e}");
@@ -158,28 +171,98 @@ fn run_child(args: &Args, engine: Engine) -> Res<Value> {
     Ok(v)
 }
 
+/// Runs one engine in a child process (its own peak RSS), with `extra`
+/// arguments after the parent's; returns its JSON result.
+fn run_one(engine: Engine, extra: &[String]) -> Res<Value> {
+    let exe = std::env::current_exe()?;
+    let out = Command::new(&exe)
+        .args(std::env::args_os().skip(1))
+        .args(extra)
+        .args(["--child", engine.name()])
+        .output()?;
+    let line = String::from_utf8_lossy(&out.stdout);
+    Ok(serde_json::from_str::<Value>(line.trim()).unwrap_or_else(|e| {
+        json!({
+            "backend": engine.name(),
+            "error": format!("no result ({e}); stderr: {}", String::from_utf8_lossy(&out.stderr).trim()),
+        })
+    }))
+}
+
+/// `--scale`: dedupstore and the map at each ID count; every figure, and
+/// its ratio to the same engine at the smallest count.
+fn run_scale(args: &Args, sizes: &[usize]) -> Res<()> {
+    let sizes: Vec<usize> = if sizes.is_empty() {
+        vec![1_000_000, 10_000_000, 100_000_000]
+    } else {
+        sizes.to_vec()
+    };
+    let batch = args.batch_sizes.iter().copied().max().unwrap_or(1000);
+    let mut rows = Vec::new();
+    for engine in [Engine::Dedupstore, Engine::Map] {
+        let mut first: Option<[f64; 4]> = None;
+        for &n in &sizes {
+            eprintln!("running {engine} at {n} IDs ...");
+            // The child ignores `--scale`: it runs the single-op and the
+            // batched modes at `n` IDs (threads and durable skipped).
+            let v = run_one(
+                engine,
+                &[format!("--ids={n}"), format!("--batch-sizes={batch}")],
+            )?;
+            if let Some(err) = v.get("error") {
+                return Err(format!("{engine} at {n} IDs: {err}").into());
+            }
+            let b = |k: &str| {
+                v["batched"]
+                    .as_array()
+                    .and_then(|a| a.first())
+                    .and_then(|e| e[k].as_f64())
+                    .unwrap_or(0.0)
+            };
+            let figs = [
+                v["insert_ops"].as_f64().unwrap_or(0.0),
+                v["lookup_ops"].as_f64().unwrap_or(0.0),
+                b("insert_ops"),
+                b("lookup_ops"),
+            ];
+            let base = *first.get_or_insert(figs);
+            let cells: Vec<String> = figs
+                .iter()
+                .zip(base)
+                .map(|(f, b)| format!("{} ({:.2}×)", report::fmt_rate(*f), f / b))
+                .collect();
+            rows.push(format!(
+                "| {} | {n} | {} |",
+                v["label"].as_str().unwrap_or(engine.name()),
+                cells.join(" | ")
+            ));
+        }
+    }
+    println!(
+        "**Scale**: one thread, no fsync; in brackets the ratio to the same engine at {} IDs.\n",
+        sizes[0]
+    );
+    println!(
+        "| engine | IDs | check-and-insert/s | lookups/s | batched ({batch}) insert/s | batched ({batch}) lookup/s |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for r in rows {
+        println!("{r}");
+    }
+    Ok(())
+}
+
 fn run_parent(args: &Args) -> Res<()> {
     let wanted = if args.backends.is_empty() {
         Engine::built_in()
     } else {
         args.backends.clone()
     };
-    let exe = std::env::current_exe()?;
     let mut results = Vec::new();
     let mut failed = Vec::new();
     for &engine in &wanted {
         eprintln!("running {engine} ...");
-        let out = Command::new(&exe)
-            .args(std::env::args_os().skip(1))
-            .args(["--child", engine.name()])
-            .output()?;
-        let line = String::from_utf8_lossy(&out.stdout);
-        let v = serde_json::from_str::<Value>(line.trim()).unwrap_or_else(|e| {
-            json!({
-                "backend": engine.name(),
-                "error": format!("no result ({e}); stderr: {}", String::from_utf8_lossy(&out.stderr).trim()),
-            })
-        });
+        let v = run_one(engine, &[])?;
         if let Some(err) = v.get("error") {
             eprintln!("{engine}: FAILED: {err}");
             failed.push(engine.name());

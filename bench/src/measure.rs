@@ -147,6 +147,11 @@ pub fn run<B: Backend, T: Shared, D: Shared>(
     drop(query_bytes);
     drop(stream);
 
+    // Scale mode (`--scale`) measures one thread without fsync only.
+    if args.scale.is_some() {
+        return Ok(result);
+    }
+
     if let Some(open) = plan.threaded {
         let runs = args
             .nondurable_threads

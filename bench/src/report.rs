@@ -25,7 +25,7 @@ pub const CALL_PATH: &str = "Every engine runs through the same measuring loops,
     `&[u8]` slices of one buffer built before timing; a batched call returns a `Vec<bool>` for \
     every engine; latency is sampled on one call per 256 messages.";
 
-fn fmt_rate(v: f64) -> String {
+pub fn fmt_rate(v: f64) -> String {
     if v >= 1e6 {
         format!("{:.2}M", v / 1e6)
     } else if v >= 1e3 {

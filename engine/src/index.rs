@@ -101,6 +101,15 @@ impl Shard {
             .copied()
     }
 
+    /// Every entry whose tag is `tag`, unconfirmed: candidates for a key
+    /// whose hash has it (almost always zero or one). The caller confirms a
+    /// candidate against the full key before it counts.
+    pub fn candidates(&self, tag: u32) -> impl Iterator<Item = &Entry> {
+        self.table
+            .iter_hash(spread(tag))
+            .filter(move |e| e.tag == tag)
+    }
+
     /// The key's slot, found in one probe: occupied by its entry, or vacant
     /// (room reserved) for it.
     pub fn entry(

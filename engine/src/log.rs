@@ -61,11 +61,35 @@ impl<F: Vfs> Segs<'_, F> {
         self.get(e.seg).map(|s| record_at(s, e.off))
     }
 
+    /// Starts fetching the first bytes of the record `e` points at into the
+    /// cache, if its segment is open; the record is read soon after.
+    #[inline]
+    pub fn prefetch(&self, e: &Entry) {
+        if let Some(s) = self.get(e.seg) {
+            s.prefetch(e.off as usize);
+        }
+    }
+
     /// Does the key stored at `e` equal `key`? False if its segment is gone.
     #[inline]
     pub fn entry_is_key(&self, e: &Entry, key: &[u8]) -> bool {
         self.get(e.seg)
             .is_some_and(|s| key_of(record_at(s, e.off)) == key)
+    }
+}
+
+/// [`Segs`], taken on first use: a probe that matches no tag never locks
+/// the table. Same lock order as `Segs`.
+pub struct LazySegs<'a, F: Vfs> {
+    table: &'a SegmentTable<F>,
+    segs: Option<Segs<'a, F>>,
+}
+
+impl<'a, F: Vfs> LazySegs<'a, F> {
+    /// The read-locked table, locking it on the first call.
+    #[inline]
+    pub fn get(&mut self) -> &Segs<'a, F> {
+        self.segs.get_or_insert_with(|| self.table.read())
     }
 }
 
@@ -87,6 +111,15 @@ impl<F: Vfs> SegmentTable<F> {
     pub fn read(&self) -> Segs<'_, F> {
         Segs {
             segs: self.segs.read().unwrap_or_else(|p| p.into_inner()),
+        }
+    }
+
+    /// The open segments, read-locked on first use.
+    #[inline]
+    pub fn lazy(&self) -> LazySegs<'_, F> {
+        LazySegs {
+            table: self,
+            segs: None,
         }
     }
 

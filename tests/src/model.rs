@@ -1009,18 +1009,22 @@ impl Runner {
                 self.store = Some(s);
                 self.model.restarted(!matches!(mode, CrashMode::Kill));
                 self.summary.crashes += 1;
-                for k in 0..nkeys {
-                    let r = self.store().contains(&key(k));
-                    match r {
-                        Ok(b) => {
-                            self.narrow(k, &format!("after {mode:?}, contains said {b}"), |s| {
-                                s.live(now) == b
-                            })?
+                // Every key at once, through the batched lookup (the single
+                // one is checked by `Op::Contains`).
+                let keys: Vec<_> = (0..nkeys).map(key).collect();
+                match self.store().contains_batch(&keys) {
+                    Ok(answers) => {
+                        for (k, b) in (0..nkeys).zip(answers) {
+                            self.narrow(
+                                k,
+                                &format!("after {mode:?}, contains_batch said {b}"),
+                                |s| s.live(now) == b,
+                            )?
                         }
-                        Err(e) => self
-                            .expect_err(&e, false, "contains after crash")
-                            .map(|_| ())?,
                     }
+                    Err(e) => self
+                        .expect_err(&e, false, "contains_batch after crash")
+                        .map(|_| ())?,
                 }
                 global = true;
             }

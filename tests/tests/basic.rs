@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use dedupstore::{Config, Durability, Error, Outcome, Store, MAX_KEY_LEN, MAX_TTL};
+use dedupstore::{Config, Durability, Error, ManualClock, Outcome, Store, MAX_KEY_LEN, MAX_TTL};
 
 const DAY: Duration = Duration::from_secs(86_400);
 
@@ -158,6 +158,41 @@ fn batch_outcomes_in_order_with_repeats() {
     for k in keys.iter().copied().chain(many.iter().map(|k| &k[..])) {
         assert!(s.contains(k).unwrap());
     }
+}
+
+#[test]
+fn contains_batch_answers_as_contains_does() {
+    let clock = ManualClock::new(1_000_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), Config::default().clock(clock.clone())).unwrap();
+    let short = Duration::from_secs(10);
+    for i in 0..3000u32 {
+        let ttl = if i % 3 == 0 { short } else { DAY };
+        s.check_and_insert(&i.to_le_bytes(), ttl).unwrap();
+    }
+    for i in (0..3000u32).filter(|i| i % 5 == 0) {
+        s.remove(&i.to_le_bytes()).unwrap();
+    }
+    clock.advance(short);
+    // Present, expired, removed and never-inserted keys, some repeated.
+    let keys: Vec<[u8; 4]> = (0..4000u32)
+        .chain([7, 7, 3999, 0])
+        .map(u32::to_le_bytes)
+        .collect();
+    let batch = s.contains_batch(&keys).unwrap();
+    let single: Vec<bool> = keys.iter().map(|k| s.contains(k).unwrap()).collect();
+    assert_eq!(batch, single);
+    let expect: Vec<bool> = (0..4000u32)
+        .chain([7, 7, 3999, 0])
+        .map(|i| i < 3000 && i % 3 != 0 && i % 5 != 0)
+        .collect();
+    assert_eq!(batch, expect);
+    assert_eq!(s.contains_batch::<&[u8]>(&[]).unwrap(), Vec::<bool>::new());
+    let bad: Vec<&[u8]> = vec![b"ok", b""];
+    assert!(matches!(
+        s.contains_batch(&bad),
+        Err(Error::InvalidKey { len: 0 })
+    ));
 }
 
 #[test]

@@ -27,16 +27,6 @@ fn open(dir: &Path, durability: Durability) -> Res<Dedup> {
 
 pub struct Dedup(Store);
 
-/// Batched lookups. The engine has no `Store::contains_batch` yet, so this
-/// is a loop over `contains`; when it has one, the body becomes
-/// `Ok(store.contains_batch(keys)?)`.
-fn contains_batch(store: &Store, keys: &[&[u8]]) -> Res<Vec<bool>> {
-    Ok(keys
-        .iter()
-        .map(|k| store.contains(k))
-        .collect::<Result<_, _>>()?)
-}
-
 impl Backend for Dedup {
     #[inline]
     fn check_and_insert(&mut self, key: &[u8], now: u64, ttl_ms: u64) -> Res<bool> {
@@ -55,7 +45,7 @@ impl Backend for Dedup {
     }
     #[inline]
     fn contains_batch(&mut self, keys: &[&[u8]], _now: u64) -> Res<Vec<bool>> {
-        contains_batch(&self.0, keys)
+        Ok(self.0.contains_batch(keys)?)
     }
     #[inline]
     fn flush(&mut self) -> Res<()> {
