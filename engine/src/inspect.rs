@@ -985,7 +985,7 @@ mod tests {
                     }
                 }
                 1 => {
-                    s.claim(k.as_bytes(), DAY, None).unwrap();
+                    let _in_progress = s.claim(k.as_bytes(), DAY, None).unwrap();
                 }
                 _ => {
                     s.check_and_insert(k.as_bytes(), DAY).unwrap();

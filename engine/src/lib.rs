@@ -173,7 +173,7 @@ pub mod internals {
     pub use crate::segment::check_header as check_segment_header;
 }
 
-pub use claim::{Claim, ClaimToken};
+pub use claim::{fingerprint, Claim, ClaimToken, KeyState};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Config, Durability, RecoveryMode};
 pub use error::{Error, Result};

@@ -99,6 +99,8 @@ pub(crate) struct Inner<F: Vfs> {
     recovered: RecoveryStats,
     pub(crate) gc_lock: Mutex<()>,
     pub(crate) gc_counters: GcCounters,
+    /// Which opening of the store this is (claim tokens carry it).
+    pub(crate) opening: crate::claim::Opening,
     _lock: F::Lock,
 }
 
@@ -165,6 +167,10 @@ impl<F: Vfs> Store<F> {
         rec.active.reset_watermark(rec.end as u64)?;
         let commit = Commit::default();
         commit.mark_synced(lsn(rec.active.id, rec.end));
+        // Every record in the log now was written by an earlier opening,
+        // whose process is gone (this one holds the lock): its claims are
+        // orphaned (see `claim::Opening`).
+        let opening = crate::claim::Opening::new(lsn(rec.active.id, rec.end));
         let log = Log::new(
             fs,
             dir.clone(),
@@ -184,6 +190,7 @@ impl<F: Vfs> Store<F> {
             recovered: rec.stats,
             gc_lock: Mutex::new(()),
             gc_counters: GcCounters::default(),
+            opening,
             _lock: lock,
         });
         if !damaged.is_empty() {
@@ -251,44 +258,21 @@ impl<F: Vfs> Store<F> {
             .iter()
             .map(|k| record::encoded_len(k.as_ref().len()))
             .sum();
-        let max = usize::try_from(inner.config.segment_size)
-            .unwrap_or(usize::MAX)
-            .saturating_sub(HEADER_LEN)
-            / 2;
-        if bytes > max {
-            return Err(Error::BatchTooLarge { bytes, max });
-        }
-        let now = inner.config.clock.now_ms();
-        let expires_at = expiry(now, ttl);
-        let hashes: Vec<u64> = keys.iter().map(|k| hash_key(k.as_ref())).collect();
-        let mut shard_ids: Vec<usize> = hashes.iter().map(|&h| shard_of(h)).collect();
-        shard_ids.sort_unstable();
-        shard_ids.dedup();
-        let mut outcomes = Vec::with_capacity(keys.len());
-        let mut need = 0;
-        {
-            // Lock order: shards ascending, then the log.
-            let mut guards: Vec<_> = shard_ids.iter().map(|&s| inner.index.lock(s)).collect();
-            let mut appender = inner.log.lock();
-            appender.begin_batch(&inner.table, bytes)?;
-            for (k, &h) in keys.iter().zip(&hashes) {
-                let Ok(g) = shard_ids.binary_search(&shard_of(h)) else {
-                    unreachable!("shard was collected above")
-                };
-                let (o, n) = inner.check_and_insert_locked(
-                    &mut guards[g],
-                    Some(&mut appender),
+        inner.batch(
+            keys,
+            |k| k.as_ref(),
+            bytes,
+            |log, shard, k, h, now| {
+                inner.check_and_insert_locked(
+                    shard,
+                    Some(log),
                     k.as_ref(),
                     h,
                     now,
-                    expires_at,
-                )?;
-                outcomes.push(o);
-                need = need.max(n);
-            }
-        }
-        inner.wait_for(need)?;
-        Ok(outcomes)
+                    expiry(now, ttl),
+                )
+            },
+        )
     }
 
     /// True if `key` is recorded and unexpired. Under `Immediate`, only
@@ -333,7 +317,7 @@ impl<F: Vfs> Store<F> {
                 return Ok(false);
             };
             let (_, end) =
-                inner.write_record(&mut shard, key, h, live.expires_at, |_| Body::Remove)?;
+                inner.write_record(None, &mut shard, key, h, live.expires_at, |_| Body::Remove)?;
             end
         };
         inner.wait_for(need)?;
@@ -616,18 +600,27 @@ impl<F: Vfs> Inner<F> {
     /// key's previous horizon, whichever is later, so it keeps shadowing
     /// whatever the previous record shadowed. For a removal the horizon is
     /// also the record's expiry field: replay recomputes it from there.
-    pub(crate) fn write_record<'b>(
-        &self,
+    /// `log`: the batch's locked log, or `None` to lock it for this record.
+    pub(crate) fn write_record<'a, 'b>(
+        &'a self,
+        log: Option<&mut Appender<'a, F>>,
         shard: &mut Shard,
         key: &[u8],
         h: u64,
         expires_at: u64,
         body: impl Fn(Lsn) -> Body<'b>,
     ) -> Result<(Lsn, Lsn)> {
+        let mut own;
+        let log = match log {
+            Some(log) => log,
+            None => {
+                own = self.log.lock();
+                &mut own
+            }
+        };
         let is_key = |e: &Entry| entry_is_key(&self.table, e, key);
         let prev = shard.find(tag_of(h), is_key);
         let horizon = horizon_after(prev.map_or(0, |e| e.horizon_ms()), expires_at);
-        let mut log = self.log.lock();
         let start = log.next_lsn(&self.table, record::body_len(key.len(), &body(0)))?;
         let body = body(start);
         let field = if body == Body::Remove {
@@ -636,7 +629,6 @@ impl<F: Vfs> Inner<F> {
             expires_at
         };
         let (seg, off, end) = log.append_body(&self.table, &body, field, key, horizon)?;
-        drop(log);
         debug_assert_eq!(lsn(seg, off as usize), start, "next_lsn reserved the spot");
         let entry = Entry {
             tag: tag_of(h),
@@ -664,6 +656,19 @@ impl<F: Vfs> Inner<F> {
             if let Some(seg) = self.table.all().into_iter().find(|s| s.id == id) {
                 self.compact_segment(&seg, now, true)?;
             }
+        }
+        Ok(())
+    }
+
+    /// A batch's records must fit in half a segment, so that reserving
+    /// room for all of them up front never fails halfway.
+    pub(crate) fn check_batch_bytes(&self, bytes: usize) -> Result<()> {
+        let max = usize::try_from(self.config.segment_size)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(HEADER_LEN)
+            / 2;
+        if bytes > max {
+            return Err(Error::BatchTooLarge { bytes, max });
         }
         Ok(())
     }
