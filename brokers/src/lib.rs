@@ -144,6 +144,63 @@ pub fn process_dedup<A>(
     src.ack(&ack)
 }
 
+/// The other APIs, for the throughput table: `claim` / `complete` per
+/// message, or `check_and_insert` per message or per batch (no exactly-once
+/// effect across a kill: see the README's loss window).
+pub fn process_other<A>(
+    mode: Mode,
+    store: &Store,
+    ledger: &Ledger,
+    src: &mut impl Source<Ack = A>,
+    batch: &[Delivery<A>],
+    t: &mut Totals,
+) -> Result<(), BoxError> {
+    // The effect stays one ledger write + fsync per batch, as in the
+    // other modes: only the store calls differ.
+    let ids = || batch.iter().map(|d| d.id.as_str());
+    let act: Vec<bool> = match mode {
+        Mode::Claim => {
+            let mut tokens = Vec::with_capacity(batch.len());
+            for d in batch {
+                match store.claim(&d.id, LEASE, Some(fingerprint(&d.payload)))? {
+                    Claim::Acquired(tok) => tokens.push(Some(tok)),
+                    _ => tokens.push(None),
+                }
+            }
+            ledger.apply(
+                ids()
+                    .zip(&tokens)
+                    .filter(|(_, t)| t.is_some())
+                    .map(|(i, _)| i),
+            )?;
+            for tok in tokens.iter().flatten() {
+                store.complete(tok, None, TTL)?;
+            }
+            tokens.iter().map(Option::is_some).collect()
+        }
+        Mode::Insert => {
+            let mut act = Vec::with_capacity(batch.len());
+            for d in batch {
+                act.push(store.check_and_insert(d.id.as_bytes(), TTL)?.is_inserted());
+            }
+            act
+        }
+        _ => {
+            let keys: Vec<&str> = ids().collect();
+            let out = store.check_and_insert_batch(&keys, TTL)?;
+            out.iter().map(|o| o.is_inserted()).collect()
+        }
+    };
+    if mode != Mode::Claim {
+        ledger.apply(ids().zip(&act).filter(|(_, a)| **a).map(|(i, _)| i))?;
+    }
+    let n = act.iter().filter(|a| **a).count() as u64;
+    t.effects += n;
+    t.duplicates += batch.len() as u64 - n;
+    let ack: Vec<&A> = batch.iter().map(|d| &d.ack).collect();
+    src.ack(&ack)
+}
+
 /// Without dedup: effect for every message, then ack.
 pub fn process_plain<A>(
     ledger: &Ledger,
@@ -157,17 +214,50 @@ pub fn process_plain<A>(
     src.ack(&ack)
 }
 
+/// How the consumer dedups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// No dedup: effect, ack.
+    Plain,
+    /// `claim_batch` → effect → `complete_batch` → ack (the exactly-once path).
+    ClaimBatch,
+    /// `claim` → effect → `complete` per message.
+    Claim,
+    /// `check_and_insert` per message → effect.
+    Insert,
+    /// `check_and_insert_batch` per broker batch → effect.
+    InsertBatch,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Mode, String> {
+        Ok(match s {
+            "no-dedup" => Mode::Plain,
+            "dedup" => Mode::ClaimBatch,
+            "claim" => Mode::Claim,
+            "insert" => Mode::Insert,
+            "insert-batch" => Mode::InsertBatch,
+            other => {
+                return Err(format!(
+                    "mode {other:?}: no-dedup, dedup, claim, insert or insert-batch"
+                ))
+            }
+        })
+    }
+}
+
 /// Runs `workers` threads, each with its own source from `connect`, until
 /// every message is acked. Returns the totals and the time from the first
 /// batch received to the last one acked.
 pub fn run<S: Source>(
     work: &Path,
-    dedup: bool,
+    mode: Mode,
     workers: usize,
     batch: usize,
     connect: impl Fn(usize) -> Result<S, BoxError> + Sync,
 ) -> Result<(Totals, Duration, u64), BoxError> {
-    let store = if dedup {
+    let store = if mode != Mode::Plain {
         Some(Store::open(
             work.join("store"),
             Config::default().durability(Durability::Immediate),
@@ -196,9 +286,12 @@ pub fn run<S: Source>(
                             .get_or_insert_with(Instant::now);
                         t.received += b.len() as u64;
                         t.batches += 1;
-                        let r = match store {
-                            Some(s) => process_dedup(s, ledger, &mut src, &b, &mut t),
-                            None => process_plain(ledger, &mut src, &b, &mut t),
+                        let r = match (store, mode) {
+                            (Some(s), Mode::ClaimBatch) => {
+                                process_dedup(s, ledger, &mut src, &b, &mut t)
+                            }
+                            (Some(s), _) => process_other(mode, s, ledger, &mut src, &b, &mut t),
+                            (None, _) => process_plain(ledger, &mut src, &b, &mut t),
                         };
                         r.map_err(|e| e.to_string())?;
                         *last.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());

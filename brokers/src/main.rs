@@ -1,6 +1,6 @@
 //! The consumer process the broker kill tests spawn (and SIGKILL):
 //!
-//! `broker-consumer <redis|nats> <addr> <stream> <work-dir> <dedup|no-dedup> <workers> <batch>`
+//! `broker-consumer <redis|nats> <addr> <stream> <work-dir> <dedup|no-dedup|claim|insert|insert-batch> <workers> <batch>`
 //!
 //! Consumes until every message is acked, then prints one line
 //! `DONE received=.. effects=.. duplicates=.. batches=.. syncs=.. micros=..`.
@@ -20,25 +20,21 @@ const MIN_IDLE: Duration = Duration::from_millis(500);
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let a: Vec<String> = std::env::args().collect();
     if a.len() != 8 {
-        return Err("usage: broker-consumer <redis|nats> <addr> <stream> <work-dir> <dedup|no-dedup> <workers> <batch>".into());
+        return Err("usage: broker-consumer <redis|nats> <addr> <stream> <work-dir> <dedup|no-dedup|claim|insert|insert-batch> <workers> <batch>".into());
     }
     let (broker, addr, stream, work) = (&a[1], &a[2], &a[3], Path::new(&a[4]));
-    let dedup = match a[5].as_str() {
-        "dedup" => true,
-        "no-dedup" => false,
-        other => return Err(format!("mode {other:?}: dedup or no-dedup").into()),
-    };
+    let mode: dedupstore_brokers::Mode = a[5].parse()?;
     let workers: usize = a[6].parse()?;
     let batch: usize = a[7].parse()?;
     let pid = std::process::id();
     let (t, took, syncs) = match broker.as_str() {
         "redis" => {
             let url = format!("redis://{addr}/");
-            dedupstore_brokers::run(work, dedup, workers, batch, |w| {
+            dedupstore_brokers::run(work, mode, workers, batch, |w| {
                 RedisSource::connect(&url, stream, "g", &format!("c-{pid}-{w}"), MIN_IDLE)
             })?
         }
-        "nats" => dedupstore_brokers::run(work, dedup, workers, batch, |w| {
+        "nats" => dedupstore_brokers::run(work, mode, workers, batch, |w| {
             Ok(Puller::new(addr, &format!("w{w}"), stream, "c")?)
         })?,
         other => return Err(format!("broker {other:?}: redis or nats").into()),

@@ -34,17 +34,22 @@ fn nats_jetstream_consumer_survives_sigkills_without_losing_a_message() {
         return;
     };
     let addr = server.addr.clone();
-    common::kill_and_measure("nats", &server.addr, |stream, ids| {
-        let mut c = nats::Conn::connect(&addr, "producer").expect("connect");
-        let subject = format!("{stream}.msgs");
-        nats::create_stream(&mut c, stream, &subject).expect("create stream");
-        let payloads: Vec<Vec<u8>> = ids
-            .iter()
-            .map(|id| dedupstore_brokers::payload_of(id))
-            .collect();
-        nats::publish_all(&mut c, &subject, &payloads).expect("publish");
-        // A killed consumer's unacked messages come back after AckWait.
-        nats::create_consumer(&mut c, stream, "c", Duration::from_secs(2))
-            .expect("create consumer");
-    });
+    common::kill_and_measure(
+        "nats",
+        &server.addr,
+        &["insert", "insert-batch", "claim"],
+        |stream, ids| {
+            let mut c = nats::Conn::connect(&addr, "producer").expect("connect");
+            let subject = format!("{stream}.msgs");
+            nats::create_stream(&mut c, stream, &subject).expect("create stream");
+            let payloads: Vec<Vec<u8>> = ids
+                .iter()
+                .map(|id| dedupstore_brokers::payload_of(id))
+                .collect();
+            nats::publish_all(&mut c, &subject, &payloads).expect("publish");
+            // A killed consumer's unacked messages come back after AckWait.
+            nats::create_consumer(&mut c, stream, "c", Duration::from_secs(2))
+                .expect("create consumer");
+        },
+    );
 }

@@ -35,7 +35,12 @@ fn redis_streams_consumer_survives_sigkills_without_losing_a_message() {
         return;
     };
     let url = format!("redis://{}/", server.addr);
-    common::kill_and_measure("redis", &server.addr, |stream, ids| {
-        redis_streams::produce(&url, stream, "g", ids).expect("produce");
-    });
+    common::kill_and_measure(
+        "redis",
+        &server.addr,
+        &["insert", "insert-batch", "claim"],
+        |stream, ids| {
+            redis_streams::produce(&url, stream, "g", ids).expect("produce");
+        },
+    );
 }

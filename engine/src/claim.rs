@@ -17,9 +17,11 @@
 //! (under `Immediate` it returns only once synced), and replayed on recovery.
 
 use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
 
 use crate::clock::to_system_time;
+use crate::counters::Counters;
 use crate::error::{Error, Result};
 use crate::index::{hash_key, shard_of, tag_of, Entry, Shard};
 use crate::limits::{check_key, check_ttl, expiry};
@@ -258,6 +260,7 @@ impl<F: Vfs> Inner<F> {
         let live = self
             .current(shard, key, h)
             .filter(|(_, c)| !matches!(c.state, State::Removed) && c.expires_at > now);
+        let found = live.is_some();
         let answer = match live {
             Some((_, c)) => {
                 let at = to_system_time(c.expires_at);
@@ -298,6 +301,10 @@ impl<F: Vfs> Inner<F> {
         if let Some(answer) = answer {
             return Ok(answer);
         }
+        if found {
+            // Only an orphaned claim gets here with the key live.
+            Counters::add(&self.counters.takeovers, 1);
+        }
         // The token is where the claim record starts: unique, and at least
         // `opening.start`, so this opening owns it.
         let (token, end) = self.write_record(log, shard, key, h, lease_end, |token| {
@@ -312,6 +319,32 @@ impl<F: Vfs> Inner<F> {
             })),
             end,
         ))
+    }
+
+    /// Counts the answers of claims.
+    fn count_claims(&self, answers: &[Result<Claim>]) {
+        let c = &self.counters;
+        for a in answers {
+            match a {
+                Ok(Claim::Acquired(_)) => Counters::add(&c.claims_acquired, 1),
+                Ok(Claim::InProgress { .. }) => Counters::add(&c.claims_in_progress, 1),
+                _ => {}
+            }
+        }
+    }
+
+    /// Counts the answers of completes / releases / extends: successes in
+    /// `done`, stale tokens.
+    fn count_finished(&self, done: Option<&AtomicU64>, answers: &[Result<()>]) {
+        let ok = answers.iter().filter(|a| a.is_ok()).count() as u64;
+        let stale = answers
+            .iter()
+            .filter(|a| matches!(a, Err(Error::StaleToken { .. })))
+            .count() as u64;
+        if let Some(d) = done {
+            Counters::add(d, ok);
+        }
+        Counters::add(&self.counters.stale_tokens, stale);
     }
 
     /// Runs `step` once the token is checked to own its key (locked in
@@ -426,6 +459,7 @@ impl<F: Vfs> Store<F> {
             )?
         };
         inner.wait_for(need)?;
+        inner.count_claims(std::slice::from_ref(&answer));
         answer
     }
 
@@ -457,14 +491,16 @@ impl<F: Vfs> Store<F> {
             bytes += record::body_len(k.as_ref().len(), &body);
         }
         let inner = self.inner();
-        inner.batch(
+        let answers = inner.batch(
             items,
             |(k, _)| k.as_ref(),
             bytes,
             |log, shard, (k, f), h, now| {
                 inner.claim_locked(Some(log), shard, k.as_ref(), h, now, expiry(now, lease), *f)
             },
-        )
+        )?;
+        inner.count_claims(&answers);
+        Ok(answers)
     }
 
     /// Marks the claimed work done and stores `response` (at most
@@ -484,7 +520,8 @@ impl<F: Vfs> Store<F> {
         check_ttl(ttl)?;
         let response = response.unwrap_or_default();
         check_response(response)?;
-        self.transition(token, |fingerprint, _, now| {
+        let done = Some(&self.inner().counters.claims_completed);
+        self.transition(token, done, |fingerprint, _, now| {
             // The claim's lease stays in the horizon: a completion shorter
             // than the remaining lease must not let the claim come back.
             (
@@ -521,7 +558,7 @@ impl<F: Vfs> Store<F> {
             bytes += record::body_len(t.key.len(), &body);
         }
         let inner = self.inner();
-        inner.batch(
+        let answers = inner.batch(
             items,
             |(t, _)| &t.key,
             bytes,
@@ -537,7 +574,9 @@ impl<F: Vfs> Store<F> {
                     )
                 })
             },
-        )
+        )?;
+        inner.count_finished(Some(&inner.counters.claims_completed), &answers);
+        Ok(answers)
     }
 
     /// Gives the claim up (processing failed): the key is forgotten and the
@@ -545,7 +584,8 @@ impl<F: Vfs> Store<F> {
     /// claim is no longer this token's (as for `complete`).
     pub fn release(&self, token: &ClaimToken) -> Result<()> {
         // Like `remove`: the removal keeps its entry until the horizon.
-        self.transition(token, |_, lease_end, _| (lease_end, Body::Remove))
+        let done = Some(&self.inner().counters.claims_released);
+        self.transition(token, done, |_, lease_end, _| (lease_end, Body::Remove))
     }
 
     /// [`release`](Store::release) for a whole batch, one answer per token,
@@ -557,7 +597,7 @@ impl<F: Vfs> Store<F> {
             .map(|t| record::body_len(t.key.len(), &Body::Remove))
             .sum();
         let inner = self.inner();
-        inner.batch(
+        let answers = inner.batch(
             tokens,
             |t| &t.key,
             bytes,
@@ -566,7 +606,9 @@ impl<F: Vfs> Store<F> {
                     (lease_end, Body::Remove)
                 })
             },
-        )
+        )?;
+        inner.count_finished(Some(&inner.counters.claims_released), &answers);
+        Ok(answers)
     }
 
     /// Extends the token's lease to end `lease` from now (for work that
@@ -578,7 +620,7 @@ impl<F: Vfs> Store<F> {
     pub fn extend(&self, token: &ClaimToken, lease: Duration) -> Result<SystemTime> {
         check_ttl(lease)?;
         let mut until = 0;
-        self.transition(token, |fingerprint, _, now| {
+        self.transition(token, None, |fingerprint, _, now| {
             until = expiry(now, lease);
             (
                 until,
@@ -636,6 +678,7 @@ impl<F: Vfs> Store<F> {
     fn transition<'a>(
         &self,
         token: &ClaimToken,
+        done: Option<&AtomicU64>,
         step: impl FnOnce(Option<u64>, u64, u64) -> (u64, Body<'a>),
     ) -> Result<()> {
         let inner = self.inner();
@@ -648,6 +691,7 @@ impl<F: Vfs> Store<F> {
             })?
         };
         inner.wait_for(need)?;
+        inner.count_finished(done, std::slice::from_ref(&answer));
         answer
     }
 }

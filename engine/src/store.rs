@@ -101,6 +101,7 @@ pub(crate) struct Inner<F: Vfs> {
     pub(crate) gc_counters: GcCounters,
     /// Which opening of the store this is (claim tokens carry it).
     pub(crate) opening: crate::claim::Opening,
+    pub(crate) counters: crate::counters::Counters,
     _lock: F::Lock,
 }
 
@@ -191,6 +192,7 @@ impl<F: Vfs> Store<F> {
             gc_lock: Mutex::new(()),
             gc_counters: GcCounters::default(),
             opening,
+            counters: Default::default(),
             _lock: lock,
         });
         if !damaged.is_empty() {
@@ -226,6 +228,7 @@ impl<F: Vfs> Store<F> {
             inner.check_and_insert_locked(&mut shard, None, key, h, now, expires_at)?
         };
         inner.wait_for(need)?;
+        inner.count_outcomes(std::slice::from_ref(&outcome));
         Ok(outcome)
     }
 
@@ -258,7 +261,7 @@ impl<F: Vfs> Store<F> {
             .iter()
             .map(|k| record::encoded_len(k.as_ref().len()))
             .sum();
-        inner.batch(
+        let outcomes = inner.batch(
             keys,
             |k| k.as_ref(),
             bytes,
@@ -272,7 +275,9 @@ impl<F: Vfs> Store<F> {
                     expiry(now, ttl),
                 )
             },
-        )
+        )?;
+        inner.count_outcomes(&outcomes);
+        Ok(outcomes)
     }
 
     /// True if `key` is recorded and unexpired. Under `Immediate`, only
@@ -658,6 +663,12 @@ impl<F: Vfs> Inner<F> {
             }
         }
         Ok(())
+    }
+
+    fn count_outcomes(&self, outcomes: &[Outcome]) {
+        let new = outcomes.iter().filter(|o| o.is_inserted()).count() as u64;
+        crate::counters::Counters::add(&self.counters.inserted, new);
+        crate::counters::Counters::add(&self.counters.duplicate, outcomes.len() as u64 - new);
     }
 
     /// A batch's records must fit in half a segment, so that reserving

@@ -293,3 +293,59 @@ fn batch_claims_from_an_earlier_opening_are_taken_over() {
         a.unwrap();
     }
 }
+
+#[test]
+fn counters_count_every_answer_without_walking_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let keys: Vec<(String, Option<u64>)> = (0..6).map(|i| (format!("c{i}"), None)).collect();
+    {
+        let s = Store::open(dir.path(), cfg(&clock)).unwrap();
+        let _orphans = s.claim_batch(&keys[..2], LEASE).unwrap();
+    }
+    let s = Store::open(dir.path(), cfg(&clock)).unwrap();
+    assert_eq!(s.counters(), dedupstore::CounterSnapshot::default());
+    assert!(s.check_and_insert(b"i1", DAY).unwrap().is_inserted());
+    let out = s
+        .check_and_insert_batch(&[&b"i1"[..], b"i2", b"i2"], DAY)
+        .unwrap();
+    assert_eq!(out.iter().filter(|o| o.is_inserted()).count(), 1);
+    // 2 takeovers, 4 fresh, then 6 in progress.
+    let toks: Vec<ClaimToken> = s
+        .claim_batch(&keys, LEASE)
+        .unwrap()
+        .iter()
+        .map(token)
+        .collect();
+    assert!(s
+        .claim_batch(&keys, LEASE)
+        .unwrap()
+        .iter()
+        .all(|c| matches!(c, Ok(Claim::InProgress { .. }))));
+    let done: Vec<(&ClaimToken, Option<&[u8]>)> = toks[..4].iter().map(|t| (t, None)).collect();
+    s.complete_batch(&done, DAY).unwrap();
+    s.release(&toks[4]).unwrap();
+    s.extend(&toks[5], LEASE).unwrap();
+    assert!(s.complete(&toks[0], None, DAY).is_err());
+    assert!(s.release_batch(&[&toks[1], &toks[5]]).unwrap()[0].is_err());
+    let c = s.counters();
+    assert_eq!(
+        (c.inserted, c.duplicate),
+        (2, 2),
+        "i1, i2 new; i1 again, i2 repeated"
+    );
+    assert_eq!(
+        (c.claims_acquired, c.takeovers, c.claims_in_progress),
+        (6, 2, 6)
+    );
+    assert_eq!(
+        (c.claims_completed, c.claims_released, c.stale_tokens),
+        (4, 2, 2)
+    );
+    // One sync per call that wrote (insert, insert batch, claim batch,
+    // complete batch, release, extend, release batch); none for answers
+    // from records already durable.
+    assert_eq!(c.syncs, 7, "{c:?}");
+    assert!(c.sync_max <= c.sync_time && c.sync_max > Duration::ZERO);
+    assert_eq!(c.syncs, s.stats().syncs);
+}

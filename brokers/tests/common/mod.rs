@@ -103,14 +103,14 @@ fn message_ids(prefix: &str) -> Vec<String> {
     (0..MESSAGES).map(|i| format!("{prefix}{i:06}")).collect()
 }
 
-fn consumer(kind: &str, addr: &str, stream: &str, work: &Path, dedup: bool) -> Consumer {
+fn consumer(kind: &str, addr: &str, stream: &str, work: &Path, mode: &str) -> Consumer {
     let c = Command::new(env!("CARGO_BIN_EXE_broker-consumer"))
         .args([
             kind,
             addr,
             stream,
             work.to_str().expect("UTF-8 temp path"),
-            if dedup { "dedup" } else { "no-dedup" },
+            mode,
             &WORKERS.to_string(),
             &BATCH.to_string(),
         ])
@@ -153,16 +153,18 @@ fn ledger_lines(work: &Path) -> usize {
     std::fs::read(work.join("ledger")).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count())
 }
 
-/// The kill test, then the throughput comparison. `produce(stream, ids)`
-/// puts the messages on a fresh stream (and creates its group/consumer).
-pub fn kill_and_measure(kind: &str, addr: &str, produce: impl Fn(&str, &[String])) {
+/// The kill test, then the throughput comparison (no dedup against
+/// `claim_batch`, and the `other` consumer modes too). `produce(stream,
+/// ids)` puts the messages on a fresh stream (and creates its
+/// group/consumer).
+pub fn kill_and_measure(kind: &str, addr: &str, other: &[&str], produce: impl Fn(&str, &[String])) {
     let ids = message_ids("m-");
     produce("kill", &ids);
     let work = tempfile::tempdir().expect("temp dir");
     let step = MESSAGES / (KILLS + 2);
     let mut kills = 0;
     for round in 0..KILLS {
-        let mut c = consumer(kind, addr, "kill", work.path(), true);
+        let mut c = consumer(kind, addr, "kill", work.path(), "dedup");
         let target = ledger_lines(work.path()) + step;
         let t0 = Instant::now();
         while ledger_lines(work.path()) < target {
@@ -181,7 +183,7 @@ pub fn kill_and_measure(kind: &str, addr: &str, produce: impl Fn(&str, &[String]
             kills += 1;
         }
     }
-    let done = finish(consumer(kind, addr, "kill", work.path(), true));
+    let done = finish(consumer(kind, addr, "kill", work.path(), "dedup"));
     let text = std::fs::read_to_string(work.path().join("ledger")).expect("ledger");
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for l in text.lines() {
@@ -214,10 +216,10 @@ pub fn kill_and_measure(kind: &str, addr: &str, produce: impl Fn(&str, &[String]
     assert!(kills >= 3, "only {kills} kills landed mid-run");
 
     // Throughput, same consumer with and without dedup, one run each.
-    let rate = |stream: &str, dedup: bool| {
+    let rate = |stream: &str, mode: &str| {
         produce(stream, &message_ids(&format!("{stream}-")));
         let w = tempfile::tempdir().expect("temp dir");
-        let d = finish(consumer(kind, addr, stream, w.path(), dedup));
+        let d = finish(consumer(kind, addr, stream, w.path(), mode));
         assert_eq!(
             ledger_lines(w.path()),
             MESSAGES,
@@ -226,8 +228,8 @@ pub fn kill_and_measure(kind: &str, addr: &str, produce: impl Fn(&str, &[String]
         let secs = d["micros"] as f64 / 1e6;
         (MESSAGES as f64 / secs, d)
     };
-    let (plain, _) = rate("plain", false);
-    let (dedup, d) = rate("dedup", true);
+    let (plain, _) = rate("plain", "no-dedup");
+    let (dedup, d) = rate("dedup", "dedup");
     eprintln!(
         "{kind} throughput, {WORKERS} workers, batches of {BATCH}, Immediate: no dedup \
          {plain:.0} msg/s, claim_batch/complete_batch {dedup:.0} msg/s = {:.2}x; \
@@ -237,4 +239,12 @@ pub fn kill_and_measure(kind: &str, addr: &str, produce: impl Fn(&str, &[String]
         d["syncs"],
         d["batches"]
     );
+    for mode in other {
+        let (r, d) = rate(&mode.replace('-', "_"), mode);
+        eprintln!(
+            "{kind} throughput, mode {mode}: {r:.0} msg/s = {:.2}x no dedup ({} store syncs)",
+            r / plain,
+            d["syncs"]
+        );
+    }
 }
