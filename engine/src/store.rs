@@ -26,6 +26,7 @@ const LOCK_FILE: &str = "LOCK";
 
 /// The answer of a check-and-insert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "a Duplicate means the message must not be processed again"]
 pub enum Outcome {
     /// The ID was new; it is now recorded until its TTL ends. Process the message.
     Inserted,
@@ -216,7 +217,8 @@ impl<F: Vfs> Store<F> {
     /// Under `Durability::Immediate` it returns only once the record (for
     /// `Inserted`) or the earlier insert it reports (for `Duplicate`) is on
     /// stable storage. A `Duplicate` does not extend the stored TTL.
-    pub fn check_and_insert(&self, key: &[u8], ttl: Duration) -> Result<Outcome> {
+    pub fn check_and_insert(&self, key: impl AsRef<[u8]>, ttl: Duration) -> Result<Outcome> {
+        let key = key.as_ref();
         check_key(key)?;
         check_ttl(ttl)?;
         let inner = &*self.inner;
@@ -233,7 +235,7 @@ impl<F: Vfs> Store<F> {
     }
 
     /// `check_and_insert` with `Config::default_ttl`.
-    pub fn check_and_insert_default_ttl(&self, key: &[u8]) -> Result<Outcome> {
+    pub fn check_and_insert_default_ttl(&self, key: impl AsRef<[u8]>) -> Result<Outcome> {
         self.check_and_insert(key, self.inner.config.default_ttl)
     }
 
@@ -282,7 +284,8 @@ impl<F: Vfs> Store<F> {
 
     /// True if `key` is recorded and unexpired. Under `Immediate`, only
     /// durable inserts count.
-    pub fn contains(&self, key: &[u8]) -> Result<bool> {
+    pub fn contains(&self, key: impl AsRef<[u8]>) -> Result<bool> {
+        let key = key.as_ref();
         check_key(key)?;
         let inner = &*self.inner;
         let now = inner.config.clock.now_ms();
@@ -303,7 +306,8 @@ impl<F: Vfs> Store<F> {
     /// Forgets `key`, so its next delivery is processed again (for when
     /// processing failed after the insert). Returns whether it was present.
     /// Under `Immediate` the removal is durable when this returns.
-    pub fn remove(&self, key: &[u8]) -> Result<bool> {
+    pub fn remove(&self, key: impl AsRef<[u8]>) -> Result<bool> {
+        let key = key.as_ref();
         check_key(key)?;
         let inner = &*self.inner;
         let now = inner.config.clock.now_ms();

@@ -788,7 +788,7 @@ impl Runner {
                 let ttl = ttl_ms.clamp(1, 1 << 40);
                 let r = self
                     .store()
-                    .check_and_insert(&key(k), Duration::from_millis(ttl));
+                    .check_and_insert(key(k), Duration::from_millis(ttl));
                 let fired = self.fired(f0);
                 self.insert_answer(k, now, ttl, r, fired)?;
             }
@@ -822,7 +822,7 @@ impl Runner {
             &Op::Contains { key: k } => {
                 let k = k % nkeys;
                 self.touched.insert(k);
-                let r = self.store().contains(&key(k));
+                let r = self.store().contains(key(k));
                 let fired = self.fired(f0);
                 match r {
                     Ok(b) => self.narrow(k, &format!("contains said {b}"), |s| s.live(now) == b)?,
@@ -961,7 +961,7 @@ impl Runner {
             &Op::Remove { key: k } => {
                 let k = k % nkeys;
                 self.touched.insert(k);
-                let r = self.store().remove(&key(k));
+                let r = self.store().remove(key(k));
                 let fired = self.fired(f0);
                 let removed = |s: &St| St::Absent { rm: s.exp() };
                 match r {
@@ -1077,7 +1077,7 @@ impl Runner {
                 self.model.restarted(!matches!(mode, CrashMode::Kill));
                 self.summary.crashes += 1;
                 for k in 0..nkeys {
-                    let r = self.store().contains(&key(k));
+                    let r = self.store().contains(key(k));
                     match r {
                         Ok(b) => {
                             self.narrow(k, &format!("after {mode:?}, contains said {b}"), |s| {

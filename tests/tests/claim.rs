@@ -237,7 +237,7 @@ fn release_makes_the_key_claimable_again_and_tokens_are_single_use() {
     let s = Store::open(dir.path(), cfg(&clock)).unwrap();
     assert!(s.contains(b"k").unwrap());
     // A plain check_and_insert record counts as completed without a response.
-    s.check_and_insert(b"plain", DAY).unwrap();
+    let _ = s.check_and_insert(b"plain", DAY).unwrap();
     assert!(matches!(
         s.claim(b"plain", LEASE, None).unwrap(),
         Claim::Completed { response: None, .. }
@@ -305,7 +305,8 @@ fn the_response_survives_reopen_power_loss_and_compaction_byte_exact() {
         s.complete(&tok, Some(r), DAY).unwrap();
         // Short-lived filler so that compaction has something to drop.
         for j in 0..50 {
-            s.check_and_insert(format!("f{i}-{j}").as_bytes(), Duration::from_secs(1))
+            let _ = s
+                .check_and_insert(format!("f{i}-{j}").as_bytes(), Duration::from_secs(1))
                 .unwrap();
         }
     }
