@@ -304,6 +304,11 @@ impl<F: Vfs> Inner<F> {
         if found {
             // Only an orphaned claim gets here with the key live.
             Counters::add(&self.counters.takeovers, 1);
+            crate::counters::trace_event!(
+                info,
+                key_len = key.len(),
+                "took over a claim orphaned by an earlier opening"
+            );
         }
         // The token is where the claim record starts: unique, and at least
         // `opening.start`, so this opening owns it.

@@ -7,6 +7,16 @@ use std::time::Duration;
 use crate::store::Store;
 use crate::vfs::Vfs;
 
+/// A `tracing` event (target `dedupstore`) with the `tracing` feature;
+/// nothing without it.
+macro_rules! trace_event {
+    ($lvl:ident, $($t:tt)*) => {
+        #[cfg(feature = "tracing")]
+        tracing::$lvl!(target: "dedupstore", $($t)*);
+    };
+}
+pub(crate) use trace_event;
+
 /// The live counters of one opening.
 #[derive(Default)]
 pub(crate) struct Counters {
@@ -74,5 +84,36 @@ impl<F: Vfs> Store<F> {
             sync_time: Duration::from_nanos(i.commit.sync_nanos.load(Relaxed)),
             sync_max: Duration::from_nanos(i.commit.sync_max_nanos.load(Relaxed)),
         }
+    }
+}
+
+#[cfg(feature = "metrics")]
+impl<F: Vfs> Store<F> {
+    /// Publishes [`Store::counters`] through the `metrics` facade (feature
+    /// `metrics`): counters `dedupstore_inserted`, `dedupstore_duplicate`,
+    /// `dedupstore_claims_acquired`, `dedupstore_claims_in_progress`,
+    /// `dedupstore_claims_completed`, `dedupstore_claims_released`,
+    /// `dedupstore_takeovers`, `dedupstore_stale_tokens`,
+    /// `dedupstore_syncs`, `dedupstore_sync_micros` (total), and the gauge
+    /// `dedupstore_sync_max_micros`. Call it as often as you scrape.
+    pub fn emit_metrics(&self) {
+        let c = self.counters();
+        let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        for (name, v) in [
+            ("dedupstore_inserted", c.inserted),
+            ("dedupstore_duplicate", c.duplicate),
+            ("dedupstore_claims_acquired", c.claims_acquired),
+            ("dedupstore_claims_in_progress", c.claims_in_progress),
+            ("dedupstore_claims_completed", c.claims_completed),
+            ("dedupstore_claims_released", c.claims_released),
+            ("dedupstore_takeovers", c.takeovers),
+            ("dedupstore_stale_tokens", c.stale_tokens),
+            ("dedupstore_syncs", c.syncs),
+            ("dedupstore_sync_micros", micros(c.sync_time)),
+        ] {
+            metrics::counter!(name).absolute(v);
+        }
+        #[expect(clippy::cast_precision_loss, reason = "a gauge, microseconds")]
+        metrics::gauge!("dedupstore_sync_max_micros").set(micros(c.sync_max) as f64);
     }
 }

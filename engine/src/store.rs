@@ -181,6 +181,15 @@ impl<F: Vfs> Store<F> {
             rec.end,
             poison,
         );
+        crate::counters::trace_event!(
+            info,
+            dir = %dir.display(),
+            keys = index.len(),
+            truncated_records = rec.stats.truncated_records,
+            truncated_bytes = rec.stats.truncated_bytes,
+            salvaged_bytes = rec.stats.salvaged_bytes,
+            "opened and recovered"
+        );
         let damaged = rec.damaged;
         let inner = Arc::new(Inner {
             dir,
