@@ -12,6 +12,10 @@
 //!     └──────────────── completed (response) ◄───┘
 //! ```
 //!
+//! A claim made by an earlier opening of the store (its process is gone:
+//! see `Opening`) is taken over by the next claim at once, whatever is left
+//! of its lease.
+//!
 //! Each transition is one record appended under the key's shard lock, so it
 //! is atomic against every other call for the key, durable like any insert
 //! (under `Immediate` it returns only once synced), and replayed on recovery.
