@@ -62,19 +62,19 @@ fn hot_paths(c: &mut Criterion) {
     c.bench_function("check_and_insert, new 16-byte key", |b| {
         b.iter_batched(
             || rng.u128(..).to_le_bytes(),
-            |k| store.check_and_insert(&k, day).unwrap(),
+            |k| store.check_and_insert(k, day).unwrap(),
             BatchSize::SmallInput,
         )
     });
     let hit = rng.u128(..).to_le_bytes();
-    store.check_and_insert(&hit, day).unwrap();
+    let _ = store.check_and_insert(hit, day).unwrap();
     c.bench_function("check_and_insert, duplicate", |b| {
         b.iter(|| store.check_and_insert(black_box(&hit), day).unwrap())
     });
     c.bench_function("contains, miss", |b| {
         b.iter_batched(
             || rng.u128(..).to_le_bytes(),
-            |k| store.contains(&k).unwrap(),
+            |k| store.contains(k).unwrap(),
             BatchSize::SmallInput,
         )
     });

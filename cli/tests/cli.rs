@@ -31,7 +31,8 @@ fn build() -> tempfile::TempDir {
     let t = tempfile::tempdir().unwrap();
     let s = Store::open(t.path(), cfg()).unwrap();
     for i in 0..KEYS {
-        s.check_and_insert(format!("key-{i}").as_bytes(), DAY)
+        let _ = s
+            .check_and_insert(format!("key-{i}").as_bytes(), DAY)
             .unwrap();
     }
     let Claim::Acquired(tok) = s.claim(b"job-1", DAY, Some(7)).unwrap() else {
@@ -447,7 +448,7 @@ fn newer_format_versions_are_refused_clearly() {
 fn a_store_open_elsewhere_is_locked_for_stats_but_readable() {
     let t = build();
     let s = Store::open(t.path(), cfg()).unwrap();
-    s.check_and_insert(b"while-open", DAY).unwrap();
+    let _ = s.check_and_insert(b"while-open", DAY).unwrap();
     for cmd in ["stats", "compact"] {
         cli()
             .arg(cmd)
@@ -482,7 +483,7 @@ fn a_store_open_elsewhere_is_locked_for_stats_but_readable() {
         .success();
     assert_eq!(stdout_json(&out.get_output().stdout)["state"], "present");
     // The probes left the store working and the lock with it.
-    s.check_and_insert(b"after", DAY).unwrap();
+    let _ = s.check_and_insert(b"after", DAY).unwrap();
     s.close().unwrap();
     cli().arg("stats").arg(t.path()).assert().success();
 }

@@ -26,7 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let s = Store::open(&dir, cfg())?;
         let mut rng = fastrand_like(7);
         for _ in 0..n {
-            s.check_and_insert(&rng().to_le_bytes(), Duration::from_secs(86_400))?;
+            let _ = s.check_and_insert(rng().to_le_bytes(), Duration::from_secs(86_400))?;
         }
         s.close()?;
         println!("filled {n} IDs in {:.2?}", t.elapsed());

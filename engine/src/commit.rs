@@ -61,6 +61,9 @@ pub struct Commit {
     synced: AtomicU64,
     queue: Mutex<Queue>,
     pub syncs: AtomicU64,
+    /// Total and longest time spent in `sync_now` (for `Store::counters`).
+    pub sync_nanos: AtomicU64,
+    pub sync_max_nanos: AtomicU64,
 }
 
 /// The lead, held while a sync runs. Dropping it (also on a panic in the
@@ -166,12 +169,17 @@ impl Commit {
     fn sync_now<F: Vfs>(&self, log: &Log<F>) -> Result<()> {
         let (seg, end) = log.head();
         self.syncs.fetch_add(1, Ordering::Relaxed);
+        let started = std::time::Instant::now();
         // Older segments were fully synced when they were sealed (see
         // `Appender::roll`), so the active one is all that can be dirty.
         // The range starts at 0 so the header page, holding the previous
         // watermark, is written too. A failure poisons the store (the sync
         // runs through the poison gate).
-        seg.sync(0, end)?;
+        let result = seg.sync(0, end);
+        let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.sync_nanos.fetch_add(took, Ordering::Relaxed);
+        self.sync_max_nanos.fetch_max(took, Ordering::Relaxed);
+        result?;
         seg.set_watermark(end as u64);
         self.synced.fetch_max(lsn(seg.id, end), Ordering::AcqRel);
         Ok(())

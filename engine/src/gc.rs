@@ -142,6 +142,15 @@ impl<F: Vfs> Inner<F> {
             u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
+        crate::counters::trace_event!(
+            debug,
+            entries_dropped = report.entries_dropped,
+            segments_deleted = report.segments_deleted,
+            segments_compacted = report.segments_compacted,
+            records_copied = report.records_copied,
+            bytes_reclaimed = report.bytes_reclaimed,
+            "GC run"
+        );
         Ok(report)
     }
 

@@ -985,10 +985,10 @@ mod tests {
                     }
                 }
                 1 => {
-                    s.claim(k.as_bytes(), DAY, None).unwrap();
+                    let _in_progress = s.claim(k.as_bytes(), DAY, None).unwrap();
                 }
                 _ => {
-                    s.check_and_insert(k.as_bytes(), DAY).unwrap();
+                    let _ = s.check_and_insert(k.as_bytes(), DAY).unwrap();
                 }
             }
             if i % 17 == 0 {
@@ -1079,7 +1079,7 @@ mod tests {
         assert_eq!(lock_state(t.path()).unwrap(), LockState::Unlocked);
         let s = Store::open(t.path(), cfg()).unwrap();
         assert_eq!(lock_state(t.path()).unwrap(), LockState::Locked);
-        s.check_and_insert(b"after-probe", DAY).unwrap();
+        let _ = s.check_and_insert(b"after-probe", DAY).unwrap();
         drop(s);
         assert_eq!(lock_state(t.path()).unwrap(), LockState::Unlocked);
         let empty = tempfile::tempdir().unwrap();

@@ -141,6 +141,7 @@ mod claim;
 mod clock;
 mod commit;
 mod config;
+mod counters;
 mod error;
 mod format;
 mod gc;
@@ -152,6 +153,7 @@ mod meta;
 mod poison;
 mod record;
 mod recovery;
+mod run_once;
 mod segment;
 mod store;
 pub mod vfs;
@@ -173,10 +175,12 @@ pub mod internals {
     pub use crate::segment::check_header as check_segment_header;
 }
 
-pub use claim::{Claim, ClaimToken};
+pub use claim::{fingerprint, Claim, ClaimToken, KeyState};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Config, Durability, RecoveryMode};
+pub use counters::CounterSnapshot;
 pub use error::{Error, Result};
 pub use gc::GcReport;
 pub use limits::{MAX_KEY_LEN, MAX_RESPONSE_LEN, MAX_TTL};
+pub use run_once::RunOnce;
 pub use store::{Outcome, Stats, Store};

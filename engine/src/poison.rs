@@ -35,6 +35,10 @@ impl Poison {
     /// Marks the store poisoned (a sync failed, or a worker that could have
     /// left durability in doubt panicked).
     pub fn set(&self) {
+        crate::counters::trace_event!(
+            error,
+            "a sync failed: the store refuses writes until it is reopened"
+        );
         self.flag.store(true, Ordering::Release);
     }
 

@@ -26,6 +26,7 @@ const LOCK_FILE: &str = "LOCK";
 
 /// The answer of a check-and-insert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "a Duplicate means the message must not be processed again"]
 pub enum Outcome {
     /// The ID was new; it is now recorded until its TTL ends. Process the message.
     Inserted,
@@ -99,6 +100,9 @@ pub(crate) struct Inner<F: Vfs> {
     recovered: RecoveryStats,
     pub(crate) gc_lock: Mutex<()>,
     pub(crate) gc_counters: GcCounters,
+    /// Which opening of the store this is (claim tokens carry it).
+    pub(crate) opening: crate::claim::Opening,
+    pub(crate) counters: crate::counters::Counters,
     _lock: F::Lock,
 }
 
@@ -165,6 +169,10 @@ impl<F: Vfs> Store<F> {
         rec.active.reset_watermark(rec.end as u64)?;
         let commit = Commit::default();
         commit.mark_synced(lsn(rec.active.id, rec.end));
+        // Every record in the log now was written by an earlier opening,
+        // whose process is gone (this one holds the lock): its claims are
+        // orphaned (see `claim::Opening`).
+        let opening = crate::claim::Opening::new(lsn(rec.active.id, rec.end));
         let log = Log::new(
             fs,
             dir.clone(),
@@ -172,6 +180,15 @@ impl<F: Vfs> Store<F> {
             rec.active,
             rec.end,
             poison,
+        );
+        crate::counters::trace_event!(
+            info,
+            dir = %dir.display(),
+            keys = index.len(),
+            truncated_records = rec.stats.truncated_records,
+            truncated_bytes = rec.stats.truncated_bytes,
+            salvaged_bytes = rec.stats.salvaged_bytes,
+            "opened and recovered"
         );
         let damaged = rec.damaged;
         let inner = Arc::new(Inner {
@@ -184,6 +201,8 @@ impl<F: Vfs> Store<F> {
             recovered: rec.stats,
             gc_lock: Mutex::new(()),
             gc_counters: GcCounters::default(),
+            opening,
+            counters: Default::default(),
             _lock: lock,
         });
         if !damaged.is_empty() {
@@ -207,7 +226,8 @@ impl<F: Vfs> Store<F> {
     /// Under `Durability::Immediate` it returns only once the record (for
     /// `Inserted`) or the earlier insert it reports (for `Duplicate`) is on
     /// stable storage. A `Duplicate` does not extend the stored TTL.
-    pub fn check_and_insert(&self, key: &[u8], ttl: Duration) -> Result<Outcome> {
+    pub fn check_and_insert(&self, key: impl AsRef<[u8]>, ttl: Duration) -> Result<Outcome> {
+        let key = key.as_ref();
         check_key(key)?;
         check_ttl(ttl)?;
         let inner = &*self.inner;
@@ -219,11 +239,12 @@ impl<F: Vfs> Store<F> {
             inner.check_and_insert_locked(&mut shard, None, key, h, now, expires_at)?
         };
         inner.wait_for(need)?;
+        inner.count_outcomes(std::slice::from_ref(&outcome));
         Ok(outcome)
     }
 
     /// `check_and_insert` with `Config::default_ttl`.
-    pub fn check_and_insert_default_ttl(&self, key: &[u8]) -> Result<Outcome> {
+    pub fn check_and_insert_default_ttl(&self, key: impl AsRef<[u8]>) -> Result<Outcome> {
         self.check_and_insert(key, self.inner.config.default_ttl)
     }
 
@@ -251,60 +272,29 @@ impl<F: Vfs> Store<F> {
             .iter()
             .map(|k| record::encoded_len(k.as_ref().len()))
             .sum();
-        let max = usize::try_from(inner.config.segment_size)
-            .unwrap_or(usize::MAX)
-            .saturating_sub(HEADER_LEN)
-            / 2;
-        if bytes > max {
-            return Err(Error::BatchTooLarge { bytes, max });
-        }
-        let now = inner.config.clock.now_ms();
-        let expires_at = expiry(now, ttl);
-        // All keys are hashed first, then taken in shard order: each shard
-        // is locked once and its keys probed one after another. A key
-        // repeated in the batch lands in one shard, its occurrences in batch
-        // order (the order is stable), so the first is `Inserted` and the
-        // later ones `Duplicate`, as in a loop. Records of different keys
-        // go to the log in shard order; the order of one key's records, the
-        // only order replay depends on, is unchanged.
-        let hashes: Vec<u64> = keys.iter().map(|k| hash_key(k.as_ref())).collect();
-        let order = shard_order(&hashes);
-        let mut outcomes = vec![Outcome::Inserted; keys.len()];
-        let mut need = 0;
-        {
-            // Lock order: shards ascending, then the log.
-            let mut guards = Vec::new();
-            for &(shard, _) in &order {
-                if guards.last().is_none_or(|&(s, _)| s != shard) {
-                    guards.push((shard, inner.index.lock(shard)));
-                }
-            }
-            let mut appender = inner.log.lock();
-            appender.begin_batch(&inner.table, bytes)?;
-            let mut g = 0;
-            for &(shard, i) in &order {
-                while guards[g].0 != shard {
-                    g += 1;
-                }
-                let (o, n) = inner.check_and_insert_locked(
-                    &mut guards[g].1,
-                    Some(&mut appender),
-                    keys[i].as_ref(),
-                    hashes[i],
+        let outcomes = inner.batch(
+            keys,
+            |k| k.as_ref(),
+            bytes,
+            |log, shard, k, h, now| {
+                inner.check_and_insert_locked(
+                    shard,
+                    Some(log),
+                    k.as_ref(),
+                    h,
                     now,
-                    expires_at,
-                )?;
-                outcomes[i] = o;
-                need = need.max(n);
-            }
-        }
-        inner.wait_for(need)?;
+                    expiry(now, ttl),
+                )
+            },
+        )?;
+        inner.count_outcomes(&outcomes);
         Ok(outcomes)
     }
 
     /// True if `key` is recorded and unexpired. Under `Immediate`, only
     /// durable inserts count.
-    pub fn contains(&self, key: &[u8]) -> Result<bool> {
+    pub fn contains(&self, key: impl AsRef<[u8]>) -> Result<bool> {
+        let key = key.as_ref();
         check_key(key)?;
         let inner = &*self.inner;
         let h = hash_key(key);
@@ -406,7 +396,8 @@ impl<F: Vfs> Store<F> {
     /// Forgets `key`, so its next delivery is processed again (for when
     /// processing failed after the insert). Returns whether it was present.
     /// Under `Immediate` the removal is durable when this returns.
-    pub fn remove(&self, key: &[u8]) -> Result<bool> {
+    pub fn remove(&self, key: impl AsRef<[u8]>) -> Result<bool> {
+        let key = key.as_ref();
         check_key(key)?;
         let inner = &*self.inner;
         let now = inner.config.clock.now_ms();
@@ -425,7 +416,7 @@ impl<F: Vfs> Store<F> {
                 return Ok(false);
             };
             let (_, end) =
-                inner.write_record(&mut shard, key, h, live.expires_at, |_| Body::Remove)?;
+                inner.write_record(None, &mut shard, key, h, live.expires_at, |_| Body::Remove)?;
             end
         };
         inner.wait_for(need)?;
@@ -607,7 +598,7 @@ enum Candidate {
 
 /// `(shard, position)` of each hash, sorted by shard and, within a shard,
 /// by position in the batch.
-fn shard_order(hashes: &[u64]) -> Vec<(usize, usize)> {
+pub(crate) fn shard_order(hashes: &[u64]) -> Vec<(usize, usize)> {
     if hashes.len() < 64 {
         let mut order: Vec<(usize, usize)> = hashes
             .iter()
@@ -784,18 +775,27 @@ impl<F: Vfs> Inner<F> {
     /// key's previous horizon, whichever is later, so it keeps shadowing
     /// whatever the previous record shadowed. For a removal the horizon is
     /// also the record's expiry field: replay recomputes it from there.
-    pub(crate) fn write_record<'b>(
-        &self,
+    /// `log`: the batch's locked log, or `None` to lock it for this record.
+    pub(crate) fn write_record<'a, 'b>(
+        &'a self,
+        log: Option<&mut Appender<'a, F>>,
         shard: &mut Shard,
         key: &[u8],
         h: u64,
         expires_at: u64,
         body: impl Fn(Lsn) -> Body<'b>,
     ) -> Result<(Lsn, Lsn)> {
+        let mut own;
+        let log = match log {
+            Some(log) => log,
+            None => {
+                own = self.log.lock();
+                &mut own
+            }
+        };
         let is_key = |e: &Entry| entry_is_key(&self.table, e, key);
         let prev = shard.find(tag_of(h), is_key);
         let horizon = horizon_after(prev.map_or(0, |e| e.horizon_ms()), expires_at);
-        let mut log = self.log.lock();
         let start = log.next_lsn(&self.table, record::body_len(key.len(), &body(0)))?;
         let body = body(start);
         let field = if body == Body::Remove {
@@ -804,7 +804,6 @@ impl<F: Vfs> Inner<F> {
             expires_at
         };
         let (seg, off, end) = log.append_body(&self.table, &body, field, key, horizon)?;
-        drop(log);
         debug_assert_eq!(lsn(seg, off as usize), start, "next_lsn reserved the spot");
         let entry = Entry {
             tag: tag_of(h),
@@ -832,6 +831,25 @@ impl<F: Vfs> Inner<F> {
             if let Some(seg) = self.table.all().into_iter().find(|s| s.id == id) {
                 self.compact_segment(&seg, now, true)?;
             }
+        }
+        Ok(())
+    }
+
+    fn count_outcomes(&self, outcomes: &[Outcome]) {
+        let new = outcomes.iter().filter(|o| o.is_inserted()).count() as u64;
+        crate::counters::Counters::add(&self.counters.inserted, new);
+        crate::counters::Counters::add(&self.counters.duplicate, outcomes.len() as u64 - new);
+    }
+
+    /// A batch's records must fit in half a segment, so that reserving
+    /// room for all of them up front never fails halfway.
+    pub(crate) fn check_batch_bytes(&self, bytes: usize) -> Result<()> {
+        let max = usize::try_from(self.config.segment_size)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(HEADER_LEN)
+            / 2;
+        if bytes > max {
+            return Err(Error::BatchTooLarge { bytes, max });
         }
         Ok(())
     }

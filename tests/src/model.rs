@@ -27,12 +27,17 @@
 //!    (`crash(Kill)`: page cache kept, nothing made durable): replaying the
 //!    log must give back exactly the live state.
 //!
-//! A copy is probed with one `claim(key, 1 ms, None)` per key, which tells
-//! all (see `Store::claim`): `Acquired` = absent, `InProgress` = claimed
-//! until the lease end, `Completed { response: None }` = plain insert (or a
-//! `complete` without response), `Completed { response: Some(r) }` =
-//! completed with `r`. Expired keys count as absent. The probe mutates only
-//! the throwaway copy. To stay cheap, a step that touches single keys
+//! A copy is probed with one `peek(key)` per key, which tells all (see
+//! `Store::peek`): `Absent`, `InProgress` = claimed until the lease end
+//! (and orphaned: in a fresh opening every claim is an earlier one's),
+//! `Completed { response: None }` = plain insert (or a `complete` without
+//! response), `Completed { response: Some(r) }` = completed with `r`.
+//! Expired keys count as absent.
+//!
+//! Claims carry the opening of the live store that made them: a reopen or
+//! crash orphans every claim in progress, and the model expects the next
+//! `claim` (single or batch) of such a key to take it over at once, and
+//! every token of an earlier opening to be stale. To stay cheap, a step that touches single keys
 //! probes those keys; every other step (sync, GC, compaction, clock moves,
 //! reopen, crash, a fired fault, a segment roll), and every
 //! [`FULL_EVERY`]th step, probes all `nkeys` keys.
@@ -80,7 +85,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dedupstore::sim::{CrashMode, Fault, SimFs};
 use dedupstore::{
-    Claim, ClaimToken, Clock, Config, Durability, Error, ManualClock, Outcome, Store,
+    Claim, ClaimToken, Clock, Config, Durability, Error, KeyState, ManualClock, Outcome, Store,
 };
 
 /// Probe every key, not only the touched ones, at least this often.
@@ -138,6 +143,19 @@ pub enum Op {
     },
     Release {
         key: u32,
+    },
+    /// `claim_batch` of these keys (repeats allowed), no fingerprints.
+    ClaimBatch {
+        keys: Vec<u32>,
+        lease_ms: u64,
+    },
+    /// `complete_batch` (or `release_batch` if `release`) with the tokens of
+    /// held keys chosen by `keys` as `Complete` chooses one (repeats allowed).
+    FinishBatch {
+        keys: Vec<u32>,
+        ttl_ms: u64,
+        resp: u8,
+        release: bool,
     },
     Remove {
         key: u32,
@@ -198,6 +216,15 @@ pub fn response(k: u32, resp: u8) -> Option<Vec<u8>> {
     }
 }
 
+/// The state a `complete` with `body` makes. An empty response is stored
+/// as none (documented).
+fn completed(body: Option<Vec<u8>>, now: u64, ttl: u64) -> St {
+    St::Done {
+        resp: body.filter(|b| !b.is_empty()),
+        exp: now + ttl,
+    }
+}
+
 fn ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -215,10 +242,12 @@ enum St {
     Plain {
         exp: u64,
     },
-    /// `tok`: the token id, if the claim was acknowledged.
+    /// `tok`: the token id, if the claim was acknowledged. `gen`: the
+    /// opening of the store that made it (a later opening takes it over).
     Claimed {
         lease: u64,
         tok: Option<u64>,
+        gen: u64,
     },
     Done {
         resp: Option<Vec<u8>>,
@@ -284,8 +313,14 @@ impl St {
     fn live(&self, now: u64) -> bool {
         self.view(now).present()
     }
-    fn owned_by(&self, t: u64, now: u64) -> bool {
-        matches!(self, St::Claimed { lease, tok: Some(x) } if *x == t && *lease > now)
+    /// Token `t` of opening `g` owns the key, if `g` is the current one.
+    fn owned_by(&self, t: u64, g: u64, now: u64) -> bool {
+        matches!(self, St::Claimed { lease, tok: Some(x), gen } if *x == t && *gen == g && *lease > now)
+    }
+    /// A live claim left by an earlier opening than `cur`: the next claim
+    /// takes it over at once.
+    fn orphaned(&self, cur: u64, now: u64) -> bool {
+        matches!(self, St::Claimed { lease, gen, .. } if *gen != cur && *lease > now)
     }
 }
 
@@ -341,6 +376,9 @@ struct KeyModel {
 struct Model {
     keys: BTreeMap<u32, KeyModel>,
     immediate: bool,
+    /// Openings of the live store so far (claims carry the one that made
+    /// them: every restart orphans the claims in progress).
+    gen: u64,
     /// Highest clock reading so far.
     hi: u64,
 }
@@ -459,6 +497,7 @@ impl Model {
     /// A restart; `lost_unsynced`: after a power loss (not a kill or a
     /// clean close), so the live state is what was durable.
     fn restarted(&mut self, lost_unsynced: bool) {
+        self.gen += 1;
         for km in self.keys.values_mut() {
             if lost_unsynced && !km.tied {
                 km.cands = km.dur.clone();
@@ -477,7 +516,7 @@ impl Model {
 
 /// For complete / release: a key that has a token, so the op does
 /// something (none if no key has one).
-fn pick_held(owners: &BTreeMap<u32, ClaimToken>, k: u32) -> Option<u32> {
+fn pick_held<T>(owners: &BTreeMap<u32, T>, k: u32) -> Option<u32> {
     let held: Vec<u32> = owners.keys().copied().collect();
     held.get(k as usize % held.len().max(1)).copied()
 }
@@ -492,6 +531,12 @@ pub struct Summary {
     /// Claims acquired, and completed with their token.
     pub claims: u64,
     pub completes: u64,
+    /// Claims acquired by `claim_batch`, and claims that took over one
+    /// orphaned by a restart; items of `complete_batch` / `release_batch`
+    /// that succeeded.
+    pub batch_claims: u64,
+    pub takeovers: u64,
+    pub batch_finishes: u64,
     /// Injected I/O failures that fired.
     pub faults: u64,
     /// Stores opened on a crash image by the oracle (power loss, torn,
@@ -509,6 +554,9 @@ impl std::ops::AddAssign for Summary {
         self.segments_reclaimed += o.segments_reclaimed;
         self.claims += o.claims;
         self.completes += o.completes;
+        self.batch_claims += o.batch_claims;
+        self.takeovers += o.takeovers;
+        self.batch_finishes += o.batch_finishes;
         self.faults += o.faults;
         self.oracle_opens += o.oracle_opens;
         self.oracle_keys += o.oracle_keys;
@@ -565,8 +613,9 @@ struct Runner {
     fs: SimFs,
     store: Option<Store<SimFs>>,
     model: Model,
-    /// The last acquired token per key (it may have gone stale).
-    owners: BTreeMap<u32, ClaimToken>,
+    /// The last acquired token per key, and the opening that issued it
+    /// (it may have gone stale).
+    owners: BTreeMap<u32, (ClaimToken, u64)>,
     summary: Summary,
     /// A sync failed: writes must fail with `SyncFailed` until reopened.
     poisoned: bool,
@@ -739,7 +788,7 @@ impl Runner {
                 let ttl = ttl_ms.clamp(1, 1 << 40);
                 let r = self
                     .store()
-                    .check_and_insert(&key(k), Duration::from_millis(ttl));
+                    .check_and_insert(key(k), Duration::from_millis(ttl));
                 let fired = self.fired(f0);
                 self.insert_answer(k, now, ttl, r, fired)?;
             }
@@ -773,7 +822,7 @@ impl Runner {
             &Op::Contains { key: k } => {
                 let k = k % nkeys;
                 self.touched.insert(k);
-                let r = self.store().contains(&key(k));
+                let r = self.store().contains(key(k));
                 let fired = self.fired(f0);
                 match r {
                     Ok(b) => self.narrow(k, &format!("contains said {b}"), |s| s.live(now) == b)?,
@@ -788,34 +837,35 @@ impl Runner {
                 let lease = lease_ms.clamp(1, 1 << 40);
                 let r = self
                     .store()
-                    .claim(&key(k), Duration::from_millis(lease), None);
+                    .claim(key(k), Duration::from_millis(lease), None);
+                let fired = self.fired(f0);
+                self.claim_answer(k, now, lease, r, fired)?;
+            }
+            Op::ClaimBatch { keys, lease_ms } => {
+                let ks: Vec<u32> = keys.iter().map(|k| k % nkeys).collect();
+                self.touched.extend(&ks);
+                let items: Vec<(Vec<u8>, Option<u64>)> =
+                    ks.iter().map(|&k| (key(k), None)).collect();
+                let lease = (*lease_ms).clamp(1, 1 << 40);
+                let r = self
+                    .store()
+                    .claim_batch(&items, Duration::from_millis(lease));
                 let fired = self.fired(f0);
                 match r {
-                    Ok(Claim::Acquired(tok)) => {
-                        self.check_not_poisoned(fired, "claim acquired")?;
-                        self.narrow(k, "claim acquired", |s| !s.live(now))?;
-                        let t = tok.id();
-                        self.model.ack(k, now, |_| St::Claimed {
-                            lease: now + lease,
-                            tok: Some(t),
-                        });
-                        self.owners.insert(k, tok);
-                        self.summary.claims += 1;
-                    }
-                    Ok(c) => {
-                        let v = claim_view(&c);
-                        self.narrow(k, &format!("claim said {}", v.short()), |s| {
-                            s.view(now) == v
-                        })?;
+                    Ok(out) => {
+                        assert_eq!(out.len(), ks.len());
+                        // As if claimed one after another.
+                        for (&k, c) in ks.iter().zip(out) {
+                            self.summary.batch_claims +=
+                                u64::from(matches!(c, Ok(Claim::Acquired(_))));
+                            self.claim_answer(k, now, lease, c, fired)?;
+                        }
                     }
                     Err(e) => {
-                        if self.expect_err(&e, fired, "claim")? {
-                            self.model.maybe(k, |s| {
-                                (!s.live(now)).then_some(St::Claimed {
-                                    lease: now + lease,
-                                    tok: None,
-                                })
-                            });
+                        if self.expect_err(&e, fired, "claim batch")? {
+                            for &k in &ks {
+                                self.claim_maybe(k, now, lease);
+                            }
                         }
                     }
                 }
@@ -829,64 +879,81 @@ impl Runner {
                     return Ok(());
                 };
                 self.touched.insert(k);
-                let tok = self.owners[&k].clone();
-                let t = tok.id();
+                let (tok, g) = self.owners[&k].clone();
                 let ttl = ttl_ms.clamp(1, 1 << 40);
                 let body = response(k, resp);
                 let r = self
                     .store()
                     .complete(&tok, body.as_deref(), Duration::from_millis(ttl));
                 let fired = self.fired(f0);
-                // An empty response is stored as none (documented).
-                let done = St::Done {
-                    resp: body.filter(|b| !b.is_empty()),
-                    exp: now + ttl,
-                };
-                match r {
-                    Ok(()) => {
-                        self.check_not_poisoned(fired, "complete")?;
-                        self.narrow(k, "complete succeeded", |s| s.owned_by(t, now))?;
-                        self.model.ack(k, now, |_| done.clone());
-                        self.owners.remove(&k);
-                        self.summary.completes += 1;
-                    }
-                    Err(Error::StaleToken { .. }) => {
-                        self.narrow(k, "complete said StaleToken", |s| !s.owned_by(t, now))?;
-                        self.owners.remove(&k);
-                    }
-                    Err(e) => {
-                        if self.expect_err(&e, fired, "complete")? {
-                            self.model
-                                .maybe(k, |s| s.owned_by(t, now).then(|| done.clone()));
-                        }
-                    }
-                }
+                let done = completed(body, now, ttl);
+                self.finish_answer(k, &tok, g, now, Some(done), r, fired)?;
             }
             &Op::Release { key: k } => {
                 let Some(k) = pick_held(&self.owners, k) else {
                     return Ok(());
                 };
                 self.touched.insert(k);
-                let tok = self.owners[&k].clone();
-                let t = tok.id();
+                let (tok, g) = self.owners[&k].clone();
                 let r = self.store().release(&tok);
                 let fired = self.fired(f0);
-                let released = |s: &St| St::Absent { rm: s.exp() };
+                self.finish_answer(k, &tok, g, now, None, r, fired)?;
+            }
+            Op::FinishBatch {
+                keys,
+                ttl_ms,
+                resp,
+                release,
+            } => {
+                // Held keys, possibly repeated (a repeated token is stale
+                // after its first occurrence).
+                let held: Vec<(u32, ClaimToken, u64)> = keys
+                    .iter()
+                    .filter_map(|&k| pick_held(&self.owners, k))
+                    .map(|k| (k, self.owners[&k].0.clone(), self.owners[&k].1))
+                    .collect();
+                self.touched.extend(held.iter().map(|h| h.0));
+                let ttl = (*ttl_ms).clamp(1, 1 << 40);
+                let bodies: Vec<Option<Vec<u8>>> =
+                    held.iter().map(|(k, ..)| response(*k, *resp)).collect();
+                let r = if *release {
+                    let toks: Vec<&ClaimToken> = held.iter().map(|h| &h.1).collect();
+                    self.store().release_batch(&toks)
+                } else {
+                    let items: Vec<(&ClaimToken, Option<&[u8]>)> = held
+                        .iter()
+                        .zip(&bodies)
+                        .map(|(h, b)| (&h.1, b.as_deref()))
+                        .collect();
+                    self.store()
+                        .complete_batch(&items, Duration::from_millis(ttl))
+                };
+                let fired = self.fired(f0);
+                let dones: Vec<Option<St>> = bodies
+                    .into_iter()
+                    .map(|b| (!*release).then(|| completed(b, now, ttl)))
+                    .collect();
                 match r {
-                    Ok(()) => {
-                        self.check_not_poisoned(fired, "release")?;
-                        self.narrow(k, "release succeeded", |s| s.owned_by(t, now))?;
-                        self.model.ack(k, now, released);
-                        self.owners.remove(&k);
-                    }
-                    Err(Error::StaleToken { .. }) => {
-                        self.narrow(k, "release said StaleToken", |s| !s.owned_by(t, now))?;
-                        self.owners.remove(&k);
+                    Ok(out) => {
+                        assert_eq!(out.len(), held.len());
+                        for ((h, done), a) in held.iter().zip(dones).zip(out) {
+                            self.summary.batch_finishes += u64::from(a.is_ok());
+                            self.finish_answer(h.0, &h.1, h.2, now, done, a, fired)?;
+                        }
                     }
                     Err(e) => {
-                        if self.expect_err(&e, fired, "release")? {
-                            self.model
-                                .maybe(k, |s| s.owned_by(t, now).then(|| released(s)));
+                        if self.expect_err(&e, fired, "finish batch")? {
+                            for ((k, tok, g), done) in held.iter().zip(dones) {
+                                let t = tok.id();
+                                let live_tok = *g == self.model.gen;
+                                let next = move |s: &St| match &done {
+                                    Some(d) => d.clone(),
+                                    None => St::Absent { rm: s.exp() },
+                                };
+                                self.model.maybe(*k, |s| {
+                                    (live_tok && s.owned_by(t, *g, now)).then(|| next(s))
+                                });
+                            }
                         }
                     }
                 }
@@ -894,7 +961,7 @@ impl Runner {
             &Op::Remove { key: k } => {
                 let k = k % nkeys;
                 self.touched.insert(k);
-                let r = self.store().remove(&key(k));
+                let r = self.store().remove(key(k));
                 let fired = self.fired(f0);
                 let removed = |s: &St| St::Absent { rm: s.exp() };
                 match r {
@@ -1044,12 +1111,10 @@ impl Runner {
         }
         // Forget tokens that can no longer own their key.
         let model = &mut self.model;
-        self.owners.retain(|k, t| {
-            model
-                .km(*k)
-                .cands
-                .iter()
-                .any(|s| matches!(s, St::Claimed { tok: Some(x), .. } if *x == t.id()))
+        self.owners.retain(|k, (t, g)| {
+            model.km(*k).cands.iter().any(
+                |s| matches!(s, St::Claimed { tok: Some(x), gen, .. } if *x == t.id() && gen == g),
+            )
         });
         let fired = self.fs.failures() > f0;
         let rolled = self.fs.file_names(Path::new("/db")) != files_before;
@@ -1081,6 +1146,112 @@ impl Runner {
                     self.model.maybe(k, |s| {
                         (!s.live(now)).then_some(St::Plain { exp: now + ttl })
                     });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks one answer of `claim` (or one item of `claim_batch`).
+    fn claim_answer(
+        &mut self,
+        k: u32,
+        now: u64,
+        lease: u64,
+        r: Result<Claim, Error>,
+        fired: bool,
+    ) -> Res {
+        let cur = self.model.gen;
+        match r {
+            Ok(Claim::Acquired(tok)) => {
+                self.check_not_poisoned(fired, "claim acquired")?;
+                let cands = self.model.candidates(k, false);
+                if cands.iter().all(|s| s.orphaned(cur, now)) {
+                    self.summary.takeovers += 1;
+                }
+                // Absent, or a claim orphaned by a restart: taken over.
+                self.narrow(k, "claim acquired", |s| {
+                    !s.live(now) || s.orphaned(cur, now)
+                })?;
+                let t = tok.id();
+                self.model.ack(k, now, |_| St::Claimed {
+                    lease: now + lease,
+                    tok: Some(t),
+                    gen: cur,
+                });
+                self.owners.insert(k, (tok, cur));
+                self.summary.claims += 1;
+            }
+            Ok(c) => {
+                let v = claim_view(&c);
+                self.narrow(k, &format!("claim said {}", v.short()), |s| {
+                    s.view(now) == v && !s.orphaned(cur, now)
+                })?;
+            }
+            Err(e) => {
+                if self.expect_err(&e, fired, "claim")? {
+                    self.claim_maybe(k, now, lease);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A claim that may or may not have been written (its call failed).
+    fn claim_maybe(&mut self, k: u32, now: u64, lease: u64) {
+        let cur = self.model.gen;
+        self.model.maybe(k, |s| {
+            (!s.live(now) || s.orphaned(cur, now)).then_some(St::Claimed {
+                lease: now + lease,
+                tok: None,
+                gen: cur,
+            })
+        });
+    }
+
+    /// Checks one answer of `complete` (`done`: the state it makes) or
+    /// `release` (`done == None`), single or one item of a batch.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_answer(
+        &mut self,
+        k: u32,
+        tok: &ClaimToken,
+        g: u64,
+        now: u64,
+        done: Option<St>,
+        r: Result<(), Error>,
+        fired: bool,
+    ) -> Res {
+        let t = tok.id();
+        // A token of an earlier opening owns nothing.
+        let live_tok = g == self.model.gen;
+        let owns = move |s: &St| live_tok && s.owned_by(t, g, now);
+        let name = if done.is_some() {
+            "complete"
+        } else {
+            "release"
+        };
+        let next = move |s: &St| match &done {
+            Some(d) => d.clone(),
+            None => St::Absent { rm: s.exp() },
+        };
+        match r {
+            Ok(()) => {
+                self.check_not_poisoned(fired, name)?;
+                self.narrow(k, &format!("{name} succeeded"), owns)?;
+                self.model.ack(k, now, &next);
+                self.owners.remove(&k);
+                if name == "complete" {
+                    self.summary.completes += 1;
+                }
+            }
+            Err(Error::StaleToken { .. }) => {
+                self.narrow(k, &format!("{name} said StaleToken"), |s| !owns(s))?;
+                self.owners.remove(&k);
+            }
+            Err(e) => {
+                if self.expect_err(&e, fired, name)? {
+                    self.model.maybe(k, |s| owns(s).then(|| next(s)));
                 }
             }
         }
@@ -1132,8 +1303,19 @@ impl Runner {
         })?;
         self.summary.oracle_opens += 1;
         for &k in keys {
-            let got = match probe.claim(&key(k), Duration::from_millis(1), None) {
-                Ok(c) => claim_view(&c),
+            let got = match probe.peek(key(k)) {
+                // Every claim in a freshly opened image is an earlier
+                // opening's: orphaned.
+                Ok(KeyState::InProgress {
+                    orphaned: false, ..
+                }) => {
+                    return Err(self.fail(
+                        check,
+                        "claim in a fresh opening not orphaned",
+                        format!("key {k} on the {name} image: a claim not marked orphaned"),
+                    ))
+                }
+                Ok(st) => peek_view(&st),
                 Err(e) => {
                     return Err(self.fail(
                         "error",
@@ -1152,6 +1334,7 @@ impl Runner {
                         View::InProgress { lease } => St::Claimed {
                             lease: *lease,
                             tok: None,
+                            gen: 0,
                         },
                         View::Completed { resp, exp } => St::Done {
                             resp: resp.clone(),
@@ -1171,6 +1354,24 @@ impl Runner {
             }
         }
         Ok(())
+    }
+}
+
+fn peek_view(st: &KeyState) -> View {
+    match st {
+        KeyState::InProgress {
+            lease_expires_at, ..
+        } => View::InProgress {
+            lease: ms(*lease_expires_at),
+        },
+        KeyState::Completed {
+            response,
+            expires_at,
+        } => View::Completed {
+            resp: response.clone(),
+            exp: ms(*expires_at),
+        },
+        _ => View::Absent,
     }
 }
 
@@ -1218,6 +1419,7 @@ pub fn check(durability: Durability, nkeys: u32, ops: &[Op]) -> Result<Summary, 
             keys: BTreeMap::new(),
             immediate: durability == Durability::Immediate,
             hi: START_MS,
+            gen: 0,
         },
         owners: BTreeMap::new(),
         summary: Summary::default(),
@@ -1368,9 +1570,27 @@ pub fn random_ops(rng: &mut fastrand::Rng, steps: usize, nkeys: u32) -> Vec<Op> 
             k
         };
         let op = match rng.u16(..1000) {
-            0..=259 => Op::Insert {
+            0..=219 => Op::Insert {
                 key,
                 ttl_ms: ttl(rng),
+            },
+            220..=239 => Op::ClaimBatch {
+                keys: (0..rng.usize(1..8))
+                    .map(|_| {
+                        if rng.u8(..3) == 0 {
+                            key
+                        } else {
+                            rng.u32(..nkeys)
+                        }
+                    })
+                    .collect(),
+                lease_ms: rng.u64(1..4_000),
+            },
+            240..=259 => Op::FinishBatch {
+                keys: (0..rng.usize(1..6)).map(|_| rng.u32(..nkeys)).collect(),
+                ttl_ms: ttl(rng),
+                resp: rng.u8(..4),
+                release: rng.u8(..4) == 0,
             },
             260..=309 => Op::Batch {
                 keys: (0..rng.usize(1..12))
@@ -1469,7 +1689,7 @@ pub fn decode_ops(data: &[u8]) -> (Durability, u32, Vec<Op>) {
             1 | 2 => 300 + (x as u64 & 0x7f) * 40,
             _ => 5_000 + (x as u64 & 0x3f) * 900,
         };
-        ops.push(match b % 21 {
+        ops.push(match b % 23 {
             0..=3 => Op::Insert { key, ttl_ms },
             4 => Op::Batch {
                 keys: (0..(x % 8) as u32 + 1)
@@ -1504,6 +1724,20 @@ pub fn decode_ops(data: &[u8]) -> (Durability, u32, Vec<Op>) {
                 seed: x as u64,
             },
             18 => Op::Fill { n: arg, ttl_ms },
+            19 => Op::ClaimBatch {
+                keys: (0..(x % 6) as u32 + 1)
+                    .map(|i| key.wrapping_add(i * (x as u32 & 3)))
+                    .collect(),
+                lease_ms: ttl_ms,
+            },
+            20 => Op::FinishBatch {
+                keys: (0..(x % 5) as u32 + 1)
+                    .map(|i| key.wrapping_add(i * 3))
+                    .collect(),
+                ttl_ms,
+                resp: x,
+                release: arg & 7 == 0,
+            },
             _ => Op::Fail {
                 kind: arg,
                 nth: x % 3,

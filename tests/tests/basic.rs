@@ -37,7 +37,7 @@ fn hundred_thousand_keys_survive_reopen() {
     {
         let s = Store::open(dir.path(), cfg()).unwrap();
         for i in 0..100_000 {
-            assert_eq!(s.check_and_insert(&key(i), DAY).unwrap(), Outcome::Inserted);
+            assert_eq!(s.check_and_insert(key(i), DAY).unwrap(), Outcome::Inserted);
         }
         assert!(s.stats().segments > 1, "test should span several segments");
     }
@@ -46,13 +46,13 @@ fn hundred_thousand_keys_survive_reopen() {
     assert_eq!(s.stats().truncated_records, 0);
     for i in 0..100_000 {
         assert!(
-            !s.check_and_insert(&key(i), DAY).unwrap().is_inserted(),
+            !s.check_and_insert(key(i), DAY).unwrap().is_inserted(),
             "key {i} forgotten"
         );
     }
     for i in 100_000..200_000 {
         assert_eq!(
-            s.check_and_insert(&key(i), DAY).unwrap(),
+            s.check_and_insert(key(i), DAY).unwrap(),
             Outcome::Inserted,
             "key {i}"
         );
@@ -113,8 +113,8 @@ fn remove_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     {
         let s = Store::open(dir.path(), Config::default()).unwrap();
-        s.check_and_insert(b"gone", DAY).unwrap();
-        s.check_and_insert(b"kept", DAY).unwrap();
+        let _ = s.check_and_insert(b"gone", DAY).unwrap();
+        let _ = s.check_and_insert(b"kept", DAY).unwrap();
         assert!(s.remove(b"gone").unwrap());
         assert!(!s.remove(b"gone").unwrap(), "second remove finds nothing");
         assert!(!s.remove(b"never").unwrap());
@@ -140,7 +140,7 @@ fn remove_survives_reopen() {
 fn batch_outcomes_in_order_with_repeats() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(dir.path(), Config::default()).unwrap();
-    s.check_and_insert(b"old", DAY).unwrap();
+    let _ = s.check_and_insert(b"old", DAY).unwrap();
     let keys: Vec<&[u8]> = vec![b"a", b"old", b"b", b"a", b"c", b"b"];
     let out = s.check_and_insert_batch(&keys, DAY).unwrap();
     let inserted: Vec<bool> = out.iter().map(Outcome::is_inserted).collect();
@@ -168,10 +168,13 @@ fn contains_batch_answers_as_contains_does() {
     let short = Duration::from_secs(10);
     for i in 0..3000u32 {
         let ttl = if i % 3 == 0 { short } else { DAY };
-        s.check_and_insert(&i.to_le_bytes(), ttl).unwrap();
+        assert!(s
+            .check_and_insert(i.to_le_bytes(), ttl)
+            .unwrap()
+            .is_inserted());
     }
     for i in (0..3000u32).filter(|i| i % 5 == 0) {
-        s.remove(&i.to_le_bytes()).unwrap();
+        assert!(s.remove(i.to_le_bytes()).unwrap());
     }
     clock.advance(short);
     // Present, expired, removed and never-inserted keys, some repeated.
@@ -200,7 +203,7 @@ fn stats_count_records_and_keys() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(dir.path(), Config::default().durability(Durability::None)).unwrap();
     for i in 0..10u32 {
-        s.check_and_insert(&i.to_le_bytes(), DAY).unwrap();
+        let _ = s.check_and_insert(i.to_le_bytes(), DAY).unwrap();
     }
     s.sync().unwrap();
     let st = s.stats();
@@ -212,7 +215,7 @@ fn stats_count_records_and_keys() {
     // Removed keys keep an index entry until their horizon, but count as
     // absent, exactly as `contains` answers.
     for i in 0..4u32 {
-        assert!(s.remove(&i.to_le_bytes()).unwrap());
+        assert!(s.remove(i.to_le_bytes()).unwrap());
     }
     let st = s.stats();
     assert_eq!((st.live_keys, st.expired_keys), (6, 4));

@@ -4,7 +4,9 @@ use std::sync::Mutex;
 use std::time::{Duration, UNIX_EPOCH};
 
 use dedupstore::sim::{CrashMode, SimFs};
-use dedupstore::{Claim, Config, Durability, Error, ManualClock, Outcome, Store, MAX_RESPONSE_LEN};
+use dedupstore::{
+    Claim, Config, Durability, Error, KeyState, ManualClock, Outcome, Store, MAX_RESPONSE_LEN,
+};
 
 const T0: u64 = 1_700_000_000_000;
 const LEASE: Duration = Duration::from_secs(30);
@@ -36,7 +38,7 @@ fn eight_threads_claim_one_key_exactly_one_acquires() {
             for t in 0..8 {
                 let (s, answers) = (&s, &answers);
                 sc.spawn(move || {
-                    let c = s.claim(&key, LEASE, Some(round as u64)).unwrap();
+                    let c = s.claim(key, LEASE, Some(round as u64)).unwrap();
                     if let Claim::Acquired(tok) = &c {
                         if t % 2 == 0 {
                             s.complete(tok, Some(b"done"), DAY).unwrap();
@@ -64,42 +66,143 @@ fn eight_threads_claim_one_key_exactly_one_acquires() {
 }
 
 #[test]
-fn a_live_claim_survives_power_loss_until_its_lease_ends() {
+fn a_claim_survives_power_loss_and_the_next_opening_takes_it_over_at_once() {
     let fs = SimFs::new();
     let clock = ManualClock::new(T0);
     let s = Store::open_with(fs.clone(), "/db", cfg(&clock)).unwrap();
     let tok = acquired(s.claim(b"order-1", LEASE, None).unwrap());
+    // Within the opening that made it, the claim holds.
+    assert!(matches!(
+        s.claim(b"order-1", LEASE, None).unwrap(),
+        Claim::InProgress { .. }
+    ));
     let s = {
         let crashed = fs.crash(CrashMode::DropUnsynced);
         drop(s);
         Store::open_with(crashed, "/db", cfg(&clock)).unwrap()
     };
     let lease_end = UNIX_EPOCH + Duration::from_millis(T0) + LEASE;
+    // The claim survived (it was durable), orphaned: its process is gone.
     assert_eq!(
-        s.claim(b"order-1", LEASE, None).unwrap(),
-        Claim::InProgress {
-            lease_expires_at: lease_end
+        s.peek(b"order-1").unwrap(),
+        KeyState::InProgress {
+            lease_expires_at: lease_end,
+            orphaned: true
         }
     );
     assert!(matches!(
         s.check_and_insert(b"order-1", DAY).unwrap(),
         Outcome::Duplicate { .. }
     ));
-    clock.advance(LEASE);
-    // The owner died: after the lease, the next delivery takes over.
+    // No waiting for the lease: the next delivery takes over at once.
     let tok2 = acquired(s.claim(b"order-1", LEASE, None).unwrap());
-    assert_ne!(tok.id(), tok2.id());
-    // The zombie's token is fenced off.
+    assert!(matches!(
+        s.peek(b"order-1").unwrap(),
+        KeyState::InProgress {
+            orphaned: false,
+            ..
+        }
+    ));
+    // The zombie's token is fenced off, and the new claim holds.
     assert!(matches!(
         s.complete(&tok, Some(b"zombie"), DAY),
         Err(Error::StaleToken { .. })
     ));
     assert!(matches!(s.release(&tok), Err(Error::StaleToken { .. })));
+    assert!(matches!(
+        s.extend(&tok, LEASE),
+        Err(Error::StaleToken { .. })
+    ));
+    assert!(matches!(
+        s.claim(b"order-1", LEASE, None).unwrap(),
+        Claim::InProgress { .. }
+    ));
     s.complete(&tok2, Some(b"real"), DAY).unwrap();
     match s.claim(b"order-1", LEASE, None).unwrap() {
         Claim::Completed { response, .. } => assert_eq!(response.as_deref(), Some(&b"real"[..])),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn a_token_from_an_earlier_opening_is_stale_even_if_its_id_comes_back() {
+    // After a power loss, LSNs (token ids) are reused: the lost claim's id
+    // may be handed out again. The old token must not own the new claim.
+    let fs = SimFs::new();
+    let clock = ManualClock::new(T0);
+    let s = Store::open_with(fs.clone(), "/db", cfg(&clock).durability(Durability::None)).unwrap();
+    let old = acquired(s.claim(b"k", LEASE, None).unwrap());
+    let s = {
+        let crashed = fs.crash(CrashMode::DropUnsynced);
+        drop(s);
+        Store::open_with(crashed, "/db", cfg(&clock).durability(Durability::None)).unwrap()
+    };
+    assert_eq!(
+        s.peek(b"k").unwrap(),
+        KeyState::Absent,
+        "the claim was never synced"
+    );
+    let new = acquired(s.claim(b"k", LEASE, None).unwrap());
+    assert_eq!(new.id(), old.id(), "same position in the log, same id");
+    assert_ne!(new, old);
+    assert!(matches!(
+        s.complete(&old, None, DAY),
+        Err(Error::StaleToken { .. })
+    ));
+    s.complete(&new, Some(b"r"), DAY).unwrap();
+    // And a token of another store owns nothing here either.
+    let dir = tempfile::tempdir().unwrap();
+    let other = Store::open(dir.path(), cfg(&clock)).unwrap();
+    let foreign = acquired(other.claim(b"x", LEASE, None).unwrap());
+    let mine = acquired(s.claim(b"x", LEASE, None).unwrap());
+    assert!(matches!(
+        s.complete(&foreign, None, DAY),
+        Err(Error::StaleToken { .. })
+    ));
+    s.complete(&mine, None, DAY).unwrap();
+}
+
+#[test]
+fn extend_moves_the_lease_and_is_fenced_like_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let s = Store::open(dir.path(), cfg(&clock)).unwrap();
+    let tok = acquired(s.claim(b"k", LEASE, Some(5)).unwrap());
+    clock.advance(LEASE - Duration::from_secs(1));
+    let until = s.extend(&tok, LEASE).unwrap();
+    let expect = UNIX_EPOCH + Duration::from_millis(T0) + 2 * LEASE - Duration::from_secs(1);
+    assert_eq!(until, expect);
+    assert_eq!(
+        s.claim(b"k", LEASE, Some(5)).unwrap(),
+        Claim::InProgress {
+            lease_expires_at: expect
+        }
+    );
+    // The fingerprint stays with the claim.
+    assert!(matches!(
+        s.claim(b"k", LEASE, Some(6)),
+        Err(Error::FingerprintMismatch { .. })
+    ));
+    // Past the original lease, the token still owns the key.
+    clock.advance(Duration::from_secs(2));
+    s.complete(&tok, Some(b"ok"), DAY).unwrap();
+    assert!(matches!(
+        s.extend(&tok, LEASE),
+        Err(Error::StaleToken { .. })
+    ));
+
+    // An expired lease cannot be extended, even if nobody took over.
+    let tok = acquired(s.claim(b"j", LEASE, None).unwrap());
+    clock.advance(LEASE);
+    assert!(matches!(
+        s.extend(&tok, LEASE),
+        Err(Error::StaleToken { .. })
+    ));
+    assert_eq!(s.peek(b"j").unwrap(), KeyState::Absent);
+    assert!(matches!(
+        s.extend(&tok, Duration::ZERO),
+        Err(Error::InvalidTtl { .. })
+    ));
 }
 
 #[test]
@@ -134,7 +237,7 @@ fn release_makes_the_key_claimable_again_and_tokens_are_single_use() {
     let s = Store::open(dir.path(), cfg(&clock)).unwrap();
     assert!(s.contains(b"k").unwrap());
     // A plain check_and_insert record counts as completed without a response.
-    s.check_and_insert(b"plain", DAY).unwrap();
+    let _ = s.check_and_insert(b"plain", DAY).unwrap();
     assert!(matches!(
         s.claim(b"plain", LEASE, None).unwrap(),
         Claim::Completed { response: None, .. }
@@ -202,7 +305,8 @@ fn the_response_survives_reopen_power_loss_and_compaction_byte_exact() {
         s.complete(&tok, Some(r), DAY).unwrap();
         // Short-lived filler so that compaction has something to drop.
         for j in 0..50 {
-            s.check_and_insert(format!("f{i}-{j}").as_bytes(), Duration::from_secs(1))
+            let _ = s
+                .check_and_insert(format!("f{i}-{j}").as_bytes(), Duration::from_secs(1))
                 .unwrap();
         }
     }

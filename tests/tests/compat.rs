@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
-use dedupstore::{Claim, Config, ManualClock, Outcome, RecoveryMode, Store};
+use dedupstore::{Claim, Config, KeyState, ManualClock, Outcome, RecoveryMode, Store};
 
 const T0: u64 = 1_700_000_000_000;
 const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -56,9 +56,24 @@ fn a_store_written_by_format_v1_opens_and_answers_as_written() {
         !s.contains(b"fixture-expired").unwrap(),
         "expired after 1 s"
     );
+    // The v1 build left this claim in progress for 5 years. Its process is
+    // gone (this opening holds the lock), so the claim is orphaned: it reads
+    // back in progress, and the next claim takes it over at once (before
+    // takeover-at-open this answered InProgress until the lease ended).
+    assert!(matches!(
+        s.peek(b"fixture-claim").unwrap(),
+        KeyState::InProgress { orphaned: true, .. }
+    ));
+    assert!(matches!(
+        s.claim(b"fixture-claim", YEAR, Some(8)),
+        Err(dedupstore::Error::FingerprintMismatch {
+            stored: 7,
+            given: 8
+        })
+    ));
     assert!(matches!(
         s.claim(b"fixture-claim", YEAR, Some(7)).unwrap(),
-        Claim::InProgress { .. }
+        Claim::Acquired(_)
     ));
     assert_eq!(
         s.claim(b"fixture-done", YEAR, Some(9)).unwrap(),

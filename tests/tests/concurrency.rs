@@ -28,7 +28,7 @@ fn race(durability: Durability, keys: u32, threads: usize) {
                 // threads collide on the same key at the same time.
                 for j in 0..keys {
                     let i = (j + t as u32 * 7919) % keys;
-                    if store.check_and_insert(&i.to_be_bytes(), DAY).unwrap() == Outcome::Inserted {
+                    if store.check_and_insert(i.to_be_bytes(), DAY).unwrap() == Outcome::Inserted {
                         wins[i as usize].fetch_add(1, Ordering::Relaxed);
                     }
                 }

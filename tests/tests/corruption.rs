@@ -23,7 +23,7 @@ fn store() -> SimFs {
     let fs = SimFs::new();
     let s = Store::open_with(fs.clone(), "/db", cfg()).unwrap();
     for i in 0..5000u32 {
-        s.check_and_insert(&i.to_le_bytes(), DAY).unwrap();
+        let _ = s.check_and_insert(i.to_le_bytes(), DAY).unwrap();
     }
     assert!(s.stats().segments >= 2);
     drop(s);
@@ -76,11 +76,11 @@ fn salvage_keeps_every_valid_record() {
     assert_eq!(s.stats().indexed_keys, 4999);
     assert_eq!(s.stats().salvaged_bytes, 20);
     assert!(
-        !s.contains(&10u32.to_le_bytes()).unwrap(),
+        !s.contains(10u32.to_le_bytes()).unwrap(),
         "the damaged record is gone"
     );
-    assert!(s.contains(&11u32.to_le_bytes()).unwrap());
-    assert!(s.contains(&4999u32.to_le_bytes()).unwrap());
+    assert!(s.contains(11u32.to_le_bytes()).unwrap());
+    assert!(s.contains(4999u32.to_le_bytes()).unwrap());
 }
 
 #[test]
@@ -164,7 +164,7 @@ fn random_damage_never_panics_and_never_invents_keys() {
             ) {
                 for k in 5000u32..5100 {
                     assert!(
-                        !s.contains(&k.to_le_bytes()).unwrap(),
+                        !s.contains(k.to_le_bytes()).unwrap(),
                         "round {round}: key {k} was never inserted"
                     );
                 }

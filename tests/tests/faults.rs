@@ -17,7 +17,7 @@ fn cfg() -> Config {
 fn a_failed_sync_stops_writes_until_reopen() {
     let fs = SimFs::new();
     let s = Store::open_with(fs.clone(), "/db", cfg()).unwrap();
-    s.check_and_insert(b"durable", DAY).unwrap();
+    let _ = s.check_and_insert(b"durable", DAY).unwrap();
     fs.fail_at(Some(Fault {
         at: 0,
         sticky: false,
@@ -46,7 +46,7 @@ fn a_failed_sync_stops_writes_until_reopen() {
     let s = Store::open_with(fs.crash(CrashMode::DropUnsynced), "/db", cfg()).unwrap();
     assert!(s.contains(b"durable").unwrap());
     assert!(!s.contains(b"later").unwrap());
-    s.check_and_insert(b"after reopen", DAY).unwrap();
+    let _ = s.check_and_insert(b"after reopen", DAY).unwrap();
 }
 
 #[test]
@@ -54,7 +54,7 @@ fn every_waiter_queued_behind_a_failing_sync_gets_an_error() {
     const THREADS: usize = 16;
     let fs = SimFs::new();
     let s = Store::open_with(fs.clone(), "/db", cfg().durability(Durability::Immediate)).unwrap();
-    s.check_and_insert(b"durable", DAY).unwrap();
+    assert!(s.check_and_insert(b"durable", DAY).unwrap().is_inserted());
     // The next sync waits until released, then fails.
     fs.hold_syncs(true);
     fs.fail_at(Some(Fault {
@@ -115,7 +115,7 @@ fn disk_full_fails_cleanly_and_recovers_when_space_returns() {
     let mut acked = Vec::new();
     let mut failure = None;
     for i in 0..10_000u32 {
-        match s.check_and_insert(&i.to_le_bytes(), DAY) {
+        match s.check_and_insert(i.to_le_bytes(), DAY) {
             Ok(o) => {
                 assert!(o.is_inserted());
                 acked.push(i);
@@ -134,7 +134,7 @@ fn disk_full_fails_cleanly_and_recovers_when_space_returns() {
         .check_and_insert(b"x-while-full", DAY)
         .unwrap_err()
         .is_disk_full());
-    assert!(s.contains(&acked[0].to_le_bytes()).unwrap());
+    assert!(s.contains(acked[0].to_le_bytes()).unwrap());
     // Space freed: the same store goes on.
     fs.fail_at(None);
     assert!(s.check_and_insert(b"x-after", DAY).unwrap().is_inserted());
@@ -142,7 +142,7 @@ fn disk_full_fails_cleanly_and_recovers_when_space_returns() {
     drop(s);
     let s = Store::open_with(fs.crash(CrashMode::DropUnsynced), "/db", cfg()).unwrap();
     for i in &acked {
-        assert!(s.contains(&i.to_le_bytes()).unwrap(), "acked {i} lost");
+        assert!(s.contains(i.to_le_bytes()).unwrap(), "acked {i} lost");
     }
     assert!(s.contains(b"x-after").unwrap());
     assert!(!s.contains(b"x-while-full").unwrap());
@@ -171,7 +171,7 @@ fn workload(
             // the disk: from then on the key is neither surely present nor
             // surely removed.
             present.remove(&victim);
-            if s.remove(&victim.to_le_bytes())? {
+            if s.remove(victim.to_le_bytes())? {
                 removed.insert(victim);
             }
         }
@@ -219,14 +219,14 @@ fn every_io_call_failing_in_turn_loses_nothing_acknowledged() {
                 });
                 for k in &present {
                     assert!(
-                        s.contains(&k.to_le_bytes()).unwrap(),
+                        s.contains(k.to_le_bytes()).unwrap(),
                         "fault at {at}: acked {k} lost"
                     );
                 }
                 for k in &removed {
                     if !present.contains(k) {
                         assert!(
-                            !s.contains(&k.to_le_bytes()).unwrap(),
+                            !s.contains(k.to_le_bytes()).unwrap(),
                             "fault at {at}: removed {k} is back"
                         );
                     }
@@ -247,7 +247,7 @@ fn a_batch_that_cannot_be_written_inserts_nothing() {
     let s = Store::open_with(fs.clone(), "/db", cfg().durability(Durability::None)).unwrap();
     // Fill most of the first segment, then make new segments impossible.
     for i in 0..3000u32 {
-        s.check_and_insert(&i.to_le_bytes(), DAY).unwrap();
+        let _ = s.check_and_insert(i.to_le_bytes(), DAY).unwrap();
     }
     fs.fail_at(Some(Fault {
         at: 0,
@@ -273,5 +273,5 @@ fn a_batch_that_cannot_be_written_inserts_nothing() {
         s.check_and_insert_batch(&huge, DAY),
         Err(Error::BatchTooLarge { .. })
     ));
-    assert!(!s.contains(&huge[0]).unwrap());
+    assert!(!s.contains(huge[0]).unwrap());
 }

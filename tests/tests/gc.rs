@@ -33,7 +33,7 @@ fn steady_state_disk_and_memory_stay_bounded() {
     let mut rng = fastrand::Rng::with_seed(3);
     for i in 0..TOTAL {
         assert_eq!(
-            s.check_and_insert(&key(i), ttl).unwrap(),
+            s.check_and_insert(key(i), ttl).unwrap(),
             Outcome::Inserted,
             "key {i}"
         );
@@ -58,7 +58,7 @@ fn steady_state_disk_and_memory_stay_bounded() {
                 let back = rng.u64(1..LIVE);
                 if back <= i {
                     assert!(
-                        s.contains(&key(i - back)).unwrap(),
+                        s.contains(key(i - back)).unwrap(),
                         "at {i}: live key {} lost",
                         i - back
                     );
@@ -66,7 +66,7 @@ fn steady_state_disk_and_memory_stay_bounded() {
                 let old = i.saturating_sub(LIVE + rng.u64(1..LIVE));
                 if i > 2 * LIVE {
                     assert!(
-                        !s.contains(&key(old)).unwrap(),
+                        !s.contains(key(old)).unwrap(),
                         "at {i}: expired key {old} still present"
                     );
                 }
@@ -95,7 +95,7 @@ fn steady_state_disk_and_memory_stay_bounded() {
         "{}",
         s.stats().indexed_keys
     );
-    assert!(s.contains(&key(TOTAL - 1)).unwrap());
+    assert!(s.contains(key(TOTAL - 1)).unwrap());
 }
 
 /// Fills the active segment with `n` short-lived keys.
@@ -103,7 +103,7 @@ fn filler(s: &Store<SimFs>, tag: u8, n: u32) {
     for i in 0..n {
         let mut k = [tag; 12];
         k[..4].copy_from_slice(&i.to_le_bytes());
-        s.check_and_insert(&k, Duration::from_secs(1)).unwrap();
+        let _ = s.check_and_insert(k, Duration::from_secs(1)).unwrap();
     }
 }
 
@@ -129,9 +129,9 @@ fn a_removal_survives_compaction_of_its_segment() {
         sim_cfg(&clock).durability(Durability::None),
     )
     .unwrap();
-    s.check_and_insert(b"K", day).unwrap();
+    let _ = s.check_and_insert(b"K", day).unwrap();
     for i in 0..4000u32 {
-        s.check_and_insert(&i.to_le_bytes(), day).unwrap(); // keeps segment 1 live
+        let _ = s.check_and_insert(i.to_le_bytes(), day).unwrap(); // keeps segment 1 live
     }
     assert!(s.stats().segments >= 2);
     assert!(s.remove(b"K").unwrap());
@@ -146,7 +146,7 @@ fn a_removal_survives_compaction_of_its_segment() {
         !s.contains(b"K").unwrap(),
         "removed ID came back after compaction"
     );
-    assert!(s.contains(&7u32.to_le_bytes()).unwrap());
+    assert!(s.contains(7u32.to_le_bytes()).unwrap());
 }
 
 /// Builds a store with live, removed and expired keys over several
@@ -162,15 +162,16 @@ fn mixed_store(fs: &SimFs, clock: &ManualClock) -> (Vec<u32>, Vec<u32>) {
     let (mut live, mut removed) = (Vec::new(), Vec::new());
     for i in 0..6000u32 {
         if i % 5 == 0 {
-            s.check_and_insert(&i.to_le_bytes(), day).unwrap();
+            let _ = s.check_and_insert(i.to_le_bytes(), day).unwrap();
             live.push(i);
         } else {
-            s.check_and_insert(&i.to_le_bytes(), Duration::from_secs(1))
+            let _ = s
+                .check_and_insert(i.to_le_bytes(), Duration::from_secs(1))
                 .unwrap();
         }
         if i % 50 == 49 {
             let victim = i - 49; // a live key, removed
-            assert!(s.remove(&victim.to_le_bytes()).unwrap());
+            assert!(s.remove(victim.to_le_bytes()).unwrap());
             live.retain(|&k| k != victim);
             removed.push(victim);
         }
@@ -184,14 +185,11 @@ fn check(fs: SimFs, clock: &ManualClock, live: &[u32], removed: &[u32], ctx: &st
     let s = Store::open_with(fs.clone(), "/db", sim_cfg(clock))
         .unwrap_or_else(|e| panic!("{ctx}: reopen: {e}"));
     for k in live {
-        assert!(
-            s.contains(&k.to_le_bytes()).unwrap(),
-            "{ctx}: live {k} lost"
-        );
+        assert!(s.contains(k.to_le_bytes()).unwrap(), "{ctx}: live {k} lost");
     }
     for k in removed {
         assert!(
-            !s.contains(&k.to_le_bytes()).unwrap(),
+            !s.contains(k.to_le_bytes()).unwrap(),
             "{ctx}: removed {k} came back"
         );
     }
@@ -286,7 +284,7 @@ fn gc_runs_concurrently_with_four_inserting_threads() {
                     barrier.wait(); // the clock moves only between phases
                     for i in 0..per_phase {
                         assert_eq!(
-                            s.check_and_insert(&k(t, p, i), ttl).unwrap(),
+                            s.check_and_insert(k(t, p, i), ttl).unwrap(),
                             Outcome::Inserted
                         );
                         if p >= 1 {
@@ -346,7 +344,7 @@ fn gc_reports_exact_counts_and_leaves_live_segments_alone() {
     for i in 0..7_000u32 {
         let ttl = if i < 2_000 { hour } else { ten_days };
         assert!(s
-            .check_and_insert(&i.to_le_bytes(), ttl)
+            .check_and_insert(i.to_le_bytes(), ttl)
             .unwrap()
             .is_inserted());
     }
@@ -361,7 +359,7 @@ fn gc_reports_exact_counts_and_leaves_live_segments_alone() {
     assert_eq!(r.records_copied, 1_273, "{r:?}");
     assert_eq!(r.segments_deleted, 0, "{r:?}");
     for i in (0..7_000u32).step_by(97) {
-        assert_eq!(s.contains(&i.to_le_bytes()).unwrap(), i >= 2_000, "key {i}");
+        assert_eq!(s.contains(i.to_le_bytes()).unwrap(), i >= 2_000, "key {i}");
     }
     // An idle second run has nothing to do.
     let r = s.gc_now().unwrap();

@@ -46,7 +46,8 @@ fn random_sequences_with_crashes_match_the_model() {
     }
     eprintln!(
         "model check: {seeds} sequences, {} steps in {:.1?}: {} crashes, {} reopens, \
-         {} injected faults, GC reclaimed {} segments, {} claims, {} completes; \
+         {} injected faults, GC reclaimed {} segments, {} claims, {} completes, \
+         {} batch claims, {} takeovers at open, {} batch completes/releases; \
          oracle: {} crash images opened ({} torn), {} key comparisons",
         total.steps,
         started.elapsed(),
@@ -56,6 +57,9 @@ fn random_sequences_with_crashes_match_the_model() {
         total.segments_reclaimed,
         total.claims,
         total.completes,
+        total.batch_claims,
+        total.takeovers,
+        total.batch_finishes,
         total.oracle_opens,
         total.torn_opens,
         total.oracle_keys,
@@ -73,6 +77,9 @@ fn random_sequences_with_crashes_match_the_model() {
             || (total.segments_reclaimed > 0
                 && total.crashes > seeds
                 && total.completes > 0
+                && total.batch_claims > 0
+                && total.takeovers > 0
+                && total.batch_finishes > 0
                 && total.faults > seeds),
         "scenarios too shallow: {total:?}"
     );
@@ -112,8 +119,24 @@ fn generators_reach_the_dangerous_states() {
     let bytes: Vec<u8> = (0..4000u32).map(|i| (i * 7919 % 251) as u8).collect();
     let (_, _, ops) = model::decode_ops(&bytes);
     for probe in [
-        "Insert", "Batch", "Contains", "Claim", "Complete", "Release", "Remove", "Fill", "Advance",
-        "Rewind", "Sync", "Gc", "Compact", "Reopen", "Crash", "Fail",
+        "Insert",
+        "Batch",
+        "Contains",
+        "Claim",
+        "Complete",
+        "Release",
+        "Remove",
+        "Fill",
+        "Advance",
+        "Rewind",
+        "Sync",
+        "Gc",
+        "Compact",
+        "Reopen",
+        "Crash",
+        "Fail",
+        "ClaimBatch",
+        "FinishBatch",
     ] {
         assert!(
             ops.iter().any(|op| format!("{op:?}").starts_with(probe)),

@@ -69,7 +69,7 @@ fn fill_until_roll(s: &Store<SimFs>, fs: &SimFs, tag: u32, ttl: Duration) -> u32
     // 24-byte records: at most 2728 fit in a 64 KiB segment.
     for i in 0..3000u32 {
         assert!(
-            s.check_and_insert(&k(tag, i), ttl).unwrap().is_inserted(),
+            s.check_and_insert(k(tag, i), ttl).unwrap().is_inserted(),
             "filler {tag:#x}/{i} not new"
         );
         if segment_ids(fs).last().copied() > before {
@@ -119,7 +119,7 @@ fn defect_01_failed_sync_during_compaction_then_gc_deletes_only_durable_copy() {
     for i in 0..PER_SEGMENT_4B + 3 {
         let ttl = if i % 3 == 0 { TEN_DAYS } else { SEC };
         assert!(s
-            .check_and_insert(&i.to_le_bytes(), ttl)
+            .check_and_insert(i.to_le_bytes(), ttl)
             .unwrap()
             .is_inserted());
         if i % 3 == 0 {
@@ -157,7 +157,7 @@ fn defect_01_failed_sync_during_compaction_then_gc_deletes_only_durable_copy() {
     let lost: Vec<u32> = acked
         .iter()
         .copied()
-        .filter(|i| !s.contains(&i.to_le_bytes()).unwrap())
+        .filter(|i| !s.contains(i.to_le_bytes()).unwrap())
         .collect();
     assert!(
         lost.is_empty() && second.is_err(),
@@ -286,7 +286,7 @@ fn defect_03_newest_segment_name_not_durable_after_restart() {
     let mut before = Vec::new();
     let mut err = None;
     for i in 0..PER_SEGMENT_4B + 10 {
-        match s.check_and_insert(&i.to_le_bytes(), DAY) {
+        match s.check_and_insert(i.to_le_bytes(), DAY) {
             Ok(o) => {
                 assert!(o.is_inserted());
                 before.push(i);
@@ -324,7 +324,7 @@ fn defect_03_newest_segment_name_not_durable_after_restart() {
         .count();
     let lost_before = before
         .iter()
-        .filter(|i| !s.contains(&i.to_le_bytes()).unwrap())
+        .filter(|i| !s.contains(i.to_le_bytes()).unwrap())
         .count();
     assert!(
         lost_fresh == 0 && lost_before == 0,
@@ -406,7 +406,7 @@ fn defect_05_roll_failing_after_rename_then_torn_tail_is_corruption() {
     let acked: Vec<u32> = (0..2000).collect();
     for i in &acked {
         assert!(s
-            .check_and_insert(&i.to_le_bytes(), DAY)
+            .check_and_insert(i.to_le_bytes(), DAY)
             .unwrap()
             .is_inserted());
     }
@@ -433,7 +433,7 @@ fn defect_05_roll_failing_after_rename_then_torn_tail_is_corruption() {
     fs.fail_at(None);
     // Unsynced inserts after the failed roll (they may be refused).
     for i in 20_000..21_000u32 {
-        if s.check_and_insert(&i.to_le_bytes(), DAY).is_err() {
+        if s.check_and_insert(i.to_le_bytes(), DAY).is_err() {
             break;
         }
     }
@@ -448,7 +448,7 @@ fn defect_05_roll_failing_after_rename_then_torn_tail_is_corruption() {
             Ok(s) => {
                 let lost = acked
                     .iter()
-                    .filter(|i| !s.contains(&i.to_le_bytes()).unwrap())
+                    .filter(|i| !s.contains(i.to_le_bytes()).unwrap())
                     .count();
                 if lost > 0 {
                     failures.push(format!("seed {seed}: {lost} acknowledged IDs lost"));
@@ -478,7 +478,7 @@ fn hostile_watermark_store(segments: u32, target: u32, wm: u64) -> SimFs {
         fill_until_roll(&s, &fs, t, DAY);
     }
     for i in 0..10 {
-        s.check_and_insert(&k(0xEE, i), DAY).unwrap();
+        let _ = s.check_and_insert(k(0xEE, i), DAY).unwrap();
     }
     drop(s);
     assert_eq!(segment_ids(&fs), (1..=segments).collect::<Vec<_>>());
@@ -633,9 +633,9 @@ fn defect_07_salvage_then_strict_open_fails_forever() {
     let long_key = [b'L'; 100];
     let s = Store::open_with(fs.clone(), DB, c.clone()).unwrap();
     for i in 0..100u32 {
-        s.check_and_insert(&i.to_le_bytes(), DAY).unwrap();
+        let _ = s.check_and_insert(i.to_le_bytes(), DAY).unwrap();
     }
-    s.check_and_insert(&long_key, DAY).unwrap();
+    let _ = s.check_and_insert(long_key, DAY).unwrap();
     s.close().unwrap();
     // Damage a key byte of the last record (it starts at 64 + 100 * 20).
     let path = seg_path(1);
@@ -652,7 +652,7 @@ fn defect_07_salvage_then_strict_open_fails_forever() {
 
     let s = Store::open_with(fs.clone(), DB, c.clone().recovery(RecoveryMode::Salvage)).unwrap();
     assert!(s.stats().salvaged_bytes > 0);
-    assert!(!s.contains(&long_key).unwrap());
+    assert!(!s.contains(long_key).unwrap());
     let fresh: Vec<[u8; 8]> = (0..3).map(|i| k(0xF0, i)).collect();
     for key in &fresh {
         assert!(s.check_and_insert(key, DAY).unwrap().is_inserted());
@@ -667,7 +667,7 @@ fn defect_07_salvage_then_strict_open_fails_forever() {
         ),
     };
     for i in 0..100u32 {
-        assert!(s.contains(&i.to_le_bytes()).unwrap(), "ID {i} lost");
+        assert!(s.contains(i.to_le_bytes()).unwrap(), "ID {i} lost");
     }
     for key in &fresh {
         assert!(s.contains(key).unwrap(), "acknowledged {key:?} lost");
@@ -770,13 +770,13 @@ fn defect_10_tombstones_recopied_by_every_gc_run() {
     let c = cfg(&clock).durability(Durability::None);
     let s = Store::open_with(fs.clone(), DB, c).unwrap();
     for i in 0..6000u32 {
-        s.check_and_insert(&k(0xA, i), TEN_DAYS).unwrap();
-        s.check_and_insert(&k(0xB, 2 * i), TEN_DAYS).unwrap();
-        s.check_and_insert(&k(0xB, 2 * i + 1), TEN_DAYS).unwrap();
+        let _ = s.check_and_insert(k(0xA, i), TEN_DAYS).unwrap();
+        let _ = s.check_and_insert(k(0xB, 2 * i), TEN_DAYS).unwrap();
+        let _ = s.check_and_insert(k(0xB, 2 * i + 1), TEN_DAYS).unwrap();
     }
     fill_until_roll(&s, &fs, 0xC, SEC);
     for i in 0..6000u32 {
-        assert!(s.remove(&k(0xA, i)).unwrap());
+        assert!(s.remove(k(0xA, i)).unwrap());
     }
     fill_until_roll(&s, &fs, 0xD, SEC);
     clock.advance(5 * SEC);
@@ -789,8 +789,8 @@ fn defect_10_tombstones_recopied_by_every_gc_run() {
     drop(s);
     let s = Store::open_with(fs.clone(), DB, cfg(&clock)).unwrap();
     for i in (0..6000u32).step_by(97) {
-        assert!(!s.contains(&k(0xA, i)).unwrap(), "removed A{i} came back");
-        assert!(s.contains(&k(0xB, i)).unwrap(), "B{i} lost");
+        assert!(!s.contains(k(0xA, i)).unwrap(), "removed A{i} came back");
+        assert!(s.contains(k(0xB, i)).unwrap(), "B{i} lost");
     }
     let (copied, disk): (Vec<u64>, Vec<u64>) = runs.iter().copied().unzip();
     assert!(

@@ -110,16 +110,16 @@ fn failed_sync_during_open_leaves_stale_tail_on_disk() {
     let scratch = SimFs::new();
     let clock = ManualClock::new(T0);
     let s = Store::open_with(scratch.clone(), DB, cfg(&clock)).unwrap();
-    s.check_and_insert(&k8(4, 4), DAY).unwrap();
-    s.check_and_insert(&k8(5, 5), DAY).unwrap();
+    let _ = s.check_and_insert(k8(4, 4), DAY).unwrap();
+    let _ = s.check_and_insert(k8(5, 5), DAY).unwrap();
     s.close().unwrap();
     let stale = scratch.read_file(&seg_path(1)).unwrap()[64..64 + 48].to_vec();
 
     for seed in 0..32 {
         let fs = SimFs::with_seed(seed);
         let s = Store::open_with(fs.clone(), DB, cfg(&clock)).unwrap();
-        s.check_and_insert(&k8(1, 1), DAY).unwrap();
-        s.check_and_insert(&k8(2, 2), DAY).unwrap();
+        let _ = s.check_and_insert(k8(1, 1), DAY).unwrap();
+        let _ = s.check_and_insert(k8(2, 2), DAY).unwrap();
         s.close().unwrap();
         // Records end (and the watermark is) at 112; the stale K4, K5 sit at
         // 4096, on the next page, as a power loss can leave them.
@@ -135,7 +135,7 @@ fn failed_sync_during_open_leaves_stale_tail_on_disk() {
             continue; // this seed's failed msync happened to write the zeros
         }
         let s = Store::open_with(fs.clone(), DB, cfg(&clock)).unwrap();
-        assert!(!s.contains(&k8(4, 4)).unwrap(), "K4 was cut as a torn tail");
+        assert!(!s.contains(k8(4, 4)).unwrap(), "K4 was cut as a torn tail");
         // 166 records of 24 bytes fill [112, 4096) exactly.
         let fresh: Vec<[u8; 8]> = (0..166).map(|i| k8(9, i)).collect();
         assert!(s
@@ -147,7 +147,7 @@ fn failed_sync_during_open_leaves_stale_tail_on_disk() {
         drop(s);
         let s = Store::open_with(after, DB, cfg(&clock)).unwrap();
         assert!(
-            !s.contains(&k8(4, 4)).unwrap(),
+            !s.contains(k8(4, 4)).unwrap(),
             "seed {seed}: K4, answered absent from durable data, came back after a power loss"
         );
         return;
@@ -318,7 +318,7 @@ fn batch_cut_halfway_by_a_concurrent_failed_sync() {
     let clock = ManualClock::new(T0);
     let c = cfg(&clock).durability(Durability::None);
     let s = Store::open_with(fs.clone(), DB, c.clone()).unwrap();
-    s.check_and_insert(b"dirty", DAY).unwrap(); // something for sync() to do
+    let _ = s.check_and_insert(b"dirty", DAY).unwrap(); // something for sync() to do
     let keys: Vec<[u8; 8]> = (0..3).map(|i| k8(7, i)).collect();
 
     let (in_tx, in_rx) = channel();

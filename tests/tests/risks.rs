@@ -26,10 +26,10 @@ fn a_failed_unlink_during_gc_is_retried_by_the_next_run() {
     let s = Store::open_with(fs.clone(), "/db", cfg(&clock)).unwrap();
     // Segment 1: short-lived IDs; later segments: one long-lived ID each.
     for i in 0..5_000u32 {
-        s.check_and_insert(&i.to_le_bytes(), HOUR).unwrap();
+        let _ = s.check_and_insert(i.to_le_bytes(), HOUR).unwrap();
     }
     assert!(s.stats().segments >= 2);
-    s.check_and_insert(b"long-lived", DAY).unwrap();
+    let _ = s.check_and_insert(b"long-lived", DAY).unwrap();
     clock.advance(2 * HOUR);
     fs.fail_at(Some(Fault {
         at: 0,
@@ -83,7 +83,7 @@ fn a_failed_sync_while_rolling_poisons_every_later_acknowledgement() {
     // Fill until the roll's sync fails.
     let mut failed = None;
     for i in 0..10_000u32 {
-        if let Err(e) = s.check_and_insert(&i.to_le_bytes(), DAY) {
+        if let Err(e) = s.check_and_insert(i.to_le_bytes(), DAY) {
             failed = Some(e);
             break;
         }
@@ -129,7 +129,7 @@ fn a_low_file_descriptor_limit_does_not_limit_segments() {
         let s = Store::open(&dir, cfg.clone()).unwrap();
         // 16-byte keys: 32-byte records, about 2000 per 64 KiB segment.
         for i in 0..210_000u128 {
-            s.check_and_insert(&i.to_le_bytes(), DAY).unwrap();
+            let _ = s.check_and_insert(i.to_le_bytes(), DAY).unwrap();
         }
         assert!(s.stats().segments >= 100);
         s.close().unwrap();
@@ -143,9 +143,9 @@ fn a_low_file_descriptor_limit_does_not_limit_segments() {
     let s = Store::open(&dir, cfg).unwrap();
     assert!(s.stats().segments >= 100);
     for i in 1_000_000..1_020_000u128 {
-        s.check_and_insert(&i.to_le_bytes(), DAY).unwrap();
+        let _ = s.check_and_insert(i.to_le_bytes(), DAY).unwrap();
     }
     assert!(s.stats().segments >= 109, "rolled on");
     s.sync().unwrap();
-    assert!(s.contains(&0u128.to_le_bytes()).unwrap());
+    assert!(s.contains(0u128.to_le_bytes()).unwrap());
 }

@@ -25,7 +25,7 @@ fn image(n: usize) -> (SimFs, Vec<usize>) {
     let s = Store::open_with(fs.clone(), "/db", cfg().durability(Durability::None)).unwrap();
     let mut ends = vec![64];
     for i in 0..n {
-        s.check_and_insert(&key(i), DAY).unwrap();
+        let _ = s.check_and_insert(key(i), DAY).unwrap();
         ends.push(ends.last().unwrap() + 16 + key(i).len());
     }
     let crashed = fs.crash(CrashMode::Kill);
@@ -53,11 +53,7 @@ fn truncation_at_every_offset_of_the_last_records() {
         assert_eq!(s.stats().truncated_records, torn, "cut {cut}");
         assert_eq!(s.stats().indexed_keys, whole as u64, "cut {cut}");
         for i in 0..n {
-            assert_eq!(
-                s.contains(&key(i)).unwrap(),
-                i < whole,
-                "cut {cut}, key {i}"
-            );
+            assert_eq!(s.contains(key(i)).unwrap(), i < whole, "cut {cut}, key {i}");
         }
         // The store goes on appending over the truncated tail, and what it
         // appends is read back after another crash.
@@ -95,14 +91,14 @@ fn garbage_after_a_lost_page_is_cut_and_cannot_come_back() {
         99,
         "the 99 records after the gap"
     );
-    assert!(!s.contains(&key(150)).unwrap());
+    assert!(!s.contains(key(150)).unwrap());
     // Re-insert key 100 (same length as the blank gap), then crash again.
-    s.check_and_insert(&key(100), DAY).unwrap();
+    let _ = s.check_and_insert(key(100), DAY).unwrap();
     drop(s);
     let s = Store::open_with(fs.crash(CrashMode::DropUnsynced), "/db", cfg()).unwrap();
     assert_eq!(s.stats().indexed_keys, 101);
     for i in 101..200 {
-        assert!(!s.contains(&key(i)).unwrap(), "key {i} came back");
+        assert!(!s.contains(key(i)).unwrap(), "key {i} came back");
     }
 }
 
@@ -113,7 +109,7 @@ fn real_files_truncated_mid_record_recover() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(dir.path(), Config::default().durability(Durability::None)).unwrap();
     for i in 0..10 {
-        s.check_and_insert(&key(i), DAY).unwrap();
+        let _ = s.check_and_insert(key(i), DAY).unwrap();
     }
     let crash_dir = tempfile::tempdir().unwrap();
     for name in ["dedupstore.meta", SEG] {
@@ -127,8 +123,8 @@ fn real_files_truncated_mid_record_recover() {
     drop(f);
     let s = Store::open(crash_dir.path(), cfg()).unwrap();
     assert_eq!(s.stats().truncated_records, 1);
-    assert!(s.contains(&key(8)).unwrap());
-    assert!(!s.contains(&key(9)).unwrap());
+    assert!(s.contains(key(8)).unwrap());
+    assert!(!s.contains(key(9)).unwrap());
     assert_eq!(
         std::fs::metadata(&seg).unwrap().len(),
         64 << 10,

@@ -15,7 +15,7 @@ fn duplicate_until_expiry_then_inserted_also_across_reopen() {
     {
         let s = Store::open(dir.path(), cfg()).unwrap();
         assert_eq!(s.check_and_insert(b"k", ttl).unwrap(), Outcome::Inserted);
-        s.check_and_insert(b"long", ttl * 10).unwrap();
+        let _ = s.check_and_insert(b"long", ttl * 10).unwrap();
         clock.advance(Duration::from_millis(59_999));
         assert_eq!(
             s.check_and_insert(b"k", ttl).unwrap(),
@@ -62,7 +62,7 @@ fn clock_jumping_backwards_extends_life_only() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(T0);
     let s = Store::open(dir.path(), Config::default().clock(clock.clone())).unwrap();
-    s.check_and_insert(b"k", Duration::from_secs(10)).unwrap();
+    let _ = s.check_and_insert(b"k", Duration::from_secs(10)).unwrap();
     clock.set_ms(T0 - 3_600_000);
     assert!(s.contains(b"k").unwrap());
     clock.set_ms(T0 + 10_000);

@@ -48,7 +48,8 @@ fn store_image(keys: u32, remove: bool, crash: Option<CrashMode>) -> Vec<u8> {
         .gc_interval(None);
     let s = Store::open_with(fs.clone(), "/db", cfg).expect("open");
     for i in 0..keys {
-        s.check_and_insert(format!("id-{i}").as_bytes(), Duration::from_secs(3600))
+        let _ = s
+            .check_and_insert(format!("id-{i}").as_bytes(), Duration::from_secs(3600))
             .expect("insert");
     }
     if remove {

@@ -29,12 +29,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let s = Store::open(&dir, cfg)?;
     // 3000 inserts roll the log over two segments; every tenth is removed.
     for i in 0..3000u32 {
-        s.check_and_insert(format!("fixture-insert-{i}").as_bytes(), 5 * YEAR)?;
+        let _ = s.check_and_insert(format!("fixture-insert-{i}").as_bytes(), 5 * YEAR)?;
     }
     for i in (0..3000u32).step_by(10) {
         s.remove(format!("fixture-insert-{i}").as_bytes())?;
     }
-    s.check_and_insert(b"fixture-expired", Duration::from_secs(1))?;
+    let _ = s.check_and_insert(b"fixture-expired", Duration::from_secs(1))?;
     let Claim::Acquired(_) = s.claim(b"fixture-claim", 5 * YEAR, Some(7))? else {
         return Err("claim".into());
     };
