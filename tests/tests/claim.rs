@@ -69,6 +69,7 @@ fn a_live_claim_survives_power_loss_until_its_lease_ends() {
     let clock = ManualClock::new(T0);
     let s = Store::open_with(fs.clone(), "/db", cfg(&clock)).unwrap();
     let tok = acquired(s.claim(b"order-1", LEASE, None).unwrap());
+    assert_eq!(tok.key(), b"order-1");
     let s = {
         let crashed = fs.crash(CrashMode::DropUnsynced);
         drop(s);
