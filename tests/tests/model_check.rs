@@ -9,7 +9,7 @@
 //! [`CI_SEEDS`] = 300 sequences of 500 steps: 1.5 to 3 minutes in the test
 //! profile on the 2-core development VM, depending on what else runs (0.9 to
 //! 1.2 ms per step: each step opens one or two crash images; about 240,000
-//! images opened and 8.4 million key comparisons per run). More sequences:
+//! images opened and 8.5 million key comparisons per run). More sequences:
 //!
 //! `MODEL_SEEDS=5000 cargo test -p dedupstore-tests --test model_check -- --include-ignored`
 //!
