@@ -71,6 +71,7 @@ fn a_claim_survives_power_loss_and_the_next_opening_takes_it_over_at_once() {
     let clock = ManualClock::new(T0);
     let s = Store::open_with(fs.clone(), "/db", cfg(&clock)).unwrap();
     let tok = acquired(s.claim(b"order-1", LEASE, None).unwrap());
+    assert_eq!(tok.key(), b"order-1");
     // Within the opening that made it, the claim holds.
     assert!(matches!(
         s.claim(b"order-1", LEASE, None).unwrap(),

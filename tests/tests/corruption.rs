@@ -84,6 +84,43 @@ fn salvage_keeps_every_valid_record() {
 }
 
 #[test]
+fn sealed_segment_with_a_bad_watermark_is_corruption_unless_salvaging() {
+    // A sealed segment's watermark was synced before the next segment was
+    // created: a damaged one is reported where it is. Salvage reads the
+    // whole segment instead and keeps every record.
+    let fs = store();
+    flip(&fs, &seg(1), 24 + 2);
+    expect_corruption(&fs, &seg(1), 24);
+    let s = Store::open_with(fs.clone(), "/db", cfg().recovery(RecoveryMode::Salvage)).unwrap();
+    assert_eq!(s.stats().indexed_keys, 5000);
+    assert_eq!(s.stats().salvaged_bytes, 0);
+    assert!(s.contains(0u32.to_le_bytes()).unwrap());
+}
+
+#[test]
+fn salvage_of_damage_in_the_last_record_is_rewritten_so_strict_opens_again() {
+    // Damage with no valid record after it (the last record of a sealed
+    // segment): salvage counts the skipped bytes and rewrites the segment,
+    // so the next strict open finds nothing to refuse.
+    let fs = store();
+    let b = fs.read_file(&seg(1)).unwrap();
+    let last_byte = b.iter().rposition(|&x| x != 0).unwrap();
+    let last_record = 64 + (last_byte - 64) / 20 * 20;
+    flip(&fs, &seg(1), last_record + 16);
+    expect_corruption(&fs, &seg(1), last_record as u64);
+    let s = Store::open_with(fs.clone(), "/db", cfg().recovery(RecoveryMode::Salvage)).unwrap();
+    assert_eq!(s.stats().indexed_keys, 4999);
+    assert_eq!(
+        s.stats().salvaged_bytes,
+        (last_byte + 1 - last_record) as u64
+    );
+    drop(s);
+    let s = Store::open_with(fs.clone(), "/db", cfg()).unwrap();
+    assert_eq!(s.stats().indexed_keys, 4999);
+    assert_eq!(s.stats().salvaged_bytes, 0);
+}
+
+#[test]
 fn newer_format_versions_are_refused() {
     let fs = store();
     let mut meta = fs.read_file(Path::new("/db/dedupstore.meta")).unwrap();

@@ -9,7 +9,7 @@
 //! [`CI_SEEDS`] = 300 sequences of 500 steps: 1.5 to 3 minutes in the test
 //! profile on the 2-core development VM, depending on what else runs (0.9 to
 //! 1.2 ms per step: each step opens one or two crash images; about 240,000
-//! images opened and 8.4 million key comparisons per run). More sequences:
+//! images opened and 8.5 million key comparisons per run). More sequences:
 //!
 //! `MODEL_SEEDS=5000 cargo test -p dedupstore-tests --test model_check -- --include-ignored`
 //!
@@ -90,10 +90,17 @@ fn random_sequences_with_crashes_match_the_model() {
 #[test]
 fn generators_reach_the_dangerous_states() {
     let (mut reinsert_ttl, mut short_complete, mut rewinds, mut fills) = (0u64, 0u64, 0u64, 0u64);
+    // `model::horizon_ops`: short-lived fillers, the clock past them, GC.
+    let mut horizon_layouts = 0u64;
     let mut faults = [0u32; 8];
     for seed in 0..CI_SEEDS {
         let (_, nkeys, ops) = scenario(seed);
         assert_eq!(ops.len(), 500);
+        for w in ops.windows(3) {
+            if let [Fill { ttl_ms, .. }, Advance { .. }, Gc] = w {
+                horizon_layouts += u64::from(*ttl_ms < 300);
+            }
+        }
         for w in ops.windows(2) {
             if let [Remove { key: a }, Insert { key: b, .. }] = w {
                 reinsert_ttl += u64::from(a % nkeys == b % nkeys);
@@ -111,7 +118,12 @@ fn generators_reach_the_dangerous_states() {
     }
     eprintln!(
         "per {CI_SEEDS} sequences: {reinsert_ttl} remove+reinsert, {short_complete} completes \
-         with TTL < 300 ms, {rewinds} clock rewinds, {fills} fills, faults by kind {faults:?}"
+         with TTL < 300 ms, {rewinds} clock rewinds, {fills} fills, faults by kind {faults:?}, \
+         {horizon_layouts} horizon layouts"
+    );
+    assert!(
+        horizon_layouts > CI_SEEDS,
+        "{horizon_layouts} horizon layouts"
     );
     assert!(reinsert_ttl > CI_SEEDS && short_complete > CI_SEEDS && rewinds > CI_SEEDS);
     assert!(fills > 10 * CI_SEEDS && faults.iter().all(|&n| n as u64 > CI_SEEDS / 4));

@@ -51,6 +51,13 @@ fn truncation_at_every_offset_of_the_last_records() {
         // CRC, comes from the wall clock, so this varies from run to run).
         let torn = u64::from(full[ends[whole]..cut].iter().any(|&b| b != 0));
         assert_eq!(s.stats().truncated_records, torn, "cut {cut}");
+        // Cut: from the end of the last whole record to the torn record's
+        // last non-zero byte.
+        let cut_bytes = full[ends[whole]..cut]
+            .iter()
+            .rposition(|&b| b != 0)
+            .map_or(0, |p| p as u64 + 1);
+        assert_eq!(s.stats().truncated_bytes, cut_bytes, "cut {cut}");
         assert_eq!(s.stats().indexed_keys, whole as u64, "cut {cut}");
         for i in 0..n {
             assert_eq!(s.contains(key(i)).unwrap(), i < whole, "cut {cut}, key {i}");
@@ -91,6 +98,11 @@ fn garbage_after_a_lost_page_is_cut_and_cannot_come_back() {
         99,
         "the 99 records after the gap"
     );
+    assert_eq!(
+        s.stats().truncated_bytes,
+        (ends[200] - ends[100]) as u64,
+        "the gap and the records after it"
+    );
     assert!(!s.contains(key(150)).unwrap());
     // Re-insert key 100 (same length as the blank gap), then crash again.
     let _ = s.check_and_insert(key(100), DAY).unwrap();
@@ -100,6 +112,22 @@ fn garbage_after_a_lost_page_is_cut_and_cannot_come_back() {
     for i in 101..200 {
         assert!(!s.contains(key(i)).unwrap(), "key {i} came back");
     }
+}
+
+#[test]
+fn garbage_that_is_no_record_is_cut_as_one() {
+    // Bytes after the last record that do not decode as one (a torn write
+    // of something else, or damage past the synced watermark): one run of
+    // invalid bytes is one truncated record, all of its bytes are cut.
+    let (fs, ends) = image(10);
+    let path = Path::new("/db").join(SEG);
+    let mut bytes = fs.read_file(&path).unwrap();
+    bytes[ends[10]..ends[10] + 30].fill(0xff);
+    fs.write_file(&path, &bytes);
+    let s = Store::open_with(fs.clone(), "/db", cfg()).unwrap();
+    assert_eq!(s.stats().truncated_records, 1);
+    assert_eq!(s.stats().truncated_bytes, 30);
+    assert_eq!(s.stats().indexed_keys, 10);
 }
 
 #[test]
