@@ -137,6 +137,7 @@ compile_error!(
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
+mod checkpoint;
 mod claim;
 mod clock;
 mod commit;
@@ -175,7 +176,7 @@ pub mod internals {
 
 pub use claim::{Claim, ClaimToken};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use config::{Config, Durability, RecoveryMode};
+pub use config::{Checkpoints, Config, Durability, RecoveryMode};
 pub use error::{Error, Result};
 pub use gc::GcReport;
 pub use limits::{MAX_KEY_LEN, MAX_RESPONSE_LEN, MAX_TTL};

@@ -116,6 +116,9 @@ pub struct Log<F: Vfs> {
     /// Set when a sync fails; from then on nothing is appended or reported
     /// durable until the store is reopened.
     pub poison: Arc<Poison>,
+    /// Told (without blocking) each time a segment is sealed: wakes the
+    /// background checkpoint writer, if any.
+    pub on_seal: std::sync::OnceLock<crossbeam_channel::Sender<()>>,
 }
 
 /// The log, locked for appends. Lock order: index shards, then the log, then
@@ -143,6 +146,7 @@ impl<F: Vfs> Log<F> {
             dir,
             segment_size,
             poison,
+            on_seal: std::sync::OnceLock::new(),
         }
     }
 
@@ -152,6 +156,13 @@ impl<F: Vfs> Log<F> {
             log: self,
             batch: false,
         }
+    }
+
+    /// Runs `f` on the active segment and the end of its records, with
+    /// appends held off (so the segment's counters match that end).
+    pub fn head_with<R>(&self, f: impl FnOnce(&Arc<Segment<F>>, usize) -> R) -> R {
+        let g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        f(&g.active, g.off)
     }
 
     /// The active segment and the end of its records.
@@ -299,6 +310,9 @@ impl<F: Vfs> Appender<'_, F> {
         table.insert(seg.clone());
         st.active = seg;
         st.off = crate::segment::HEADER_LEN;
+        if let Some(tx) = self.log.on_seal.get() {
+            let _ = tx.try_send(());
+        }
         Ok(())
     }
 }

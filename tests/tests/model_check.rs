@@ -47,7 +47,8 @@ fn random_sequences_with_crashes_match_the_model() {
     eprintln!(
         "model check: {seeds} sequences, {} steps in {:.1?}: {} crashes, {} reopens, \
          {} injected faults, GC reclaimed {} segments, {} claims, {} completes; \
-         oracle: {} crash images opened ({} torn), {} key comparisons",
+         oracle: {} crash images opened ({} torn), {} key comparisons; \
+         checkpoints: {} loaded, {} ignored, {} tampered with",
         total.steps,
         started.elapsed(),
         total.crashes,
@@ -59,6 +60,9 @@ fn random_sequences_with_crashes_match_the_model() {
         total.oracle_opens,
         total.torn_opens,
         total.oracle_keys,
+        total.checkpoint_loads,
+        total.checkpoint_ignored,
+        total.checkpoint_damaged,
     );
     for f in failed.iter().take(20) {
         eprintln!("{f}");
@@ -73,7 +77,11 @@ fn random_sequences_with_crashes_match_the_model() {
             || (total.segments_reclaimed > 0
                 && total.crashes > seeds
                 && total.completes > 0
-                && total.faults > seeds),
+                && total.faults > seeds
+                // Opens used checkpoints, and ignored tampered ones.
+                && total.checkpoint_loads > seeds
+                && total.checkpoint_ignored > 0
+                && total.checkpoint_damaged > 0),
         "scenarios too shallow: {total:?}"
     );
 }
