@@ -5,6 +5,7 @@
 
 mod backends;
 mod measure;
+mod reopen;
 mod report;
 mod workload;
 
@@ -66,6 +67,10 @@ struct Args {
     smoke: bool,
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Only measure reopen at these store sizes (IDs), with and without the
+    /// index checkpoint, and the checkpoints' cost to inserts; dedupstore only.
+    #[arg(long, value_delimiter = ',', value_parser = positive)]
+    reopen_scale: Vec<usize>,
     /// Internal: run one backend in this process.
     #[arg(long, value_enum, hide = true)]
     child: Option<Engine>,
@@ -96,6 +101,13 @@ fn main() {
                 )
                 .exit();
         }
+    }
+    if !args.reopen_scale.is_empty() {
+        if let Err(e) = reopen::run(&args.dir, &args.reopen_scale) {
+            eprintln!("bench failed: {e}");
+            std::process::exit(1);
+        }
+        return;
     }
     if let Some(engine) = args.child {
         match run_child(&args, engine) {

@@ -134,7 +134,9 @@ pub fn open<F: Vfs>(
 ) -> std::result::Result<Mapped<<F::File as VfsFile>::Map>, &'static str> {
     let path = dir.join(FILE_NAME);
     let file = fs.open(&path, false).map_err(|_| "checkpoint unreadable")?;
-    let map = file.map(false).map_err(|_| "checkpoint unreadable")?;
+    // Prefaulted: it is read whole, and one populate is far cheaper than a
+    // fault per page.
+    let map = file.map(true).map_err(|_| "checkpoint unreadable")?;
     let mut m = Mapped {
         map,
         store_id: 0,
@@ -287,16 +289,11 @@ pub fn load<M: Mapping>(
                 return Err("checkpoint entries checksum mismatch");
             }
             let keep = |e: &Entry| !e.past_horizon(now) && exists(e.seg);
-            let kept = body
-                .chunks_exact(at::ENTRY)
-                .filter(|c| keep(&decode(c)))
-                .count();
-            let entries = body
-                .chunks_exact(at::ENTRY)
-                .map(decode)
-                .filter(keep)
-                .take(kept);
-            index.lock(s).bulk_load(Exact(entries, kept));
+            let mut shard = index.lock(s);
+            let before = shard.len();
+            // Sized for all of them (few are dropped): one pass.
+            shard.bulk_load(body.chunks_exact(at::ENTRY).map(decode).filter(keep), count);
+            let kept = shard.len() - before;
             n += kept as u64;
         }
         Ok(n)
@@ -311,21 +308,6 @@ pub fn load<M: Mapping>(
     });
     Ok(a? + bb?)
 }
-
-/// An iterator with a known length (after a filter).
-struct Exact<I>(I, usize);
-
-impl<I: Iterator<Item = Entry>> Iterator for Exact<I> {
-    type Item = Entry;
-    fn next(&mut self) -> Option<Entry> {
-        self.0.next()
-    }
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        (self.1, Some(self.1))
-    }
-}
-
-impl<I: Iterator<Item = Entry>> ExactSizeIterator for Exact<I> {}
 
 /// Removes the checkpoint file (best effort: a leftover one is checked
 /// like any other on the next open).

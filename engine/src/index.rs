@@ -167,9 +167,10 @@ impl Shard {
     }
 
     /// Adds entries known to be of distinct keys (a checkpoint's), without
-    /// comparing keys: the table is sized once, then each goes in unchecked.
-    pub fn bulk_load(&mut self, entries: impl ExactSizeIterator<Item = Entry>) {
-        self.table.reserve(entries.len(), |e| spread(e.tag));
+    /// comparing keys: the table is sized once for `at_most` more entries,
+    /// then each goes in unchecked.
+    pub fn bulk_load(&mut self, entries: impl Iterator<Item = Entry>, at_most: usize) {
+        self.table.reserve(at_most, |e| spread(e.tag));
         for e in entries {
             self.table
                 .insert_unique(spread(e.tag), e, |e| spread(e.tag));
