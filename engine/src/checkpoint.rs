@@ -432,7 +432,7 @@ impl<F: Vfs> Inner<F> {
             le::put_u64(b, at::REFLECTS, reflects);
             le::put_u64(b, at::ENTRIES, total);
             le::put_u32(b, at::SEGMENTS, u32::try_from(rows.len()).unwrap_or(0));
-            le::put_u32(b, at::SHARDS, SHARDS as u32);
+            le::put_u32(b, at::SHARDS, u32::try_from(SHARDS).unwrap_or(u32::MAX));
             le::put_u64(b, at::WRITTEN_AT, now);
             let h = crc32fast::hash(&b[0..at::HEADER_CRC]);
             le::put_u32(b, at::HEADER_CRC, h);

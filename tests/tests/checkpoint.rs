@@ -360,7 +360,7 @@ fn a_segment_deleted_whole_after_it_expired_does_not_invalidate_it() {
     let r = s.gc_now().unwrap();
     assert!(r.segments_deleted > 0 && r.segments_compacted == 0, "{r:?}");
     // No new checkpoint: the deleted segments were all dead.
-    assert_eq!(s.checkpoint().unwrap(), false, "nothing new to write");
+    assert!(!s.checkpoint().unwrap(), "nothing new to write");
     drop(s);
     assert!(segments(&fs).len() < before.len());
     let s = open(&fs, &clock);
