@@ -78,16 +78,21 @@ pub fn record_at<F: Vfs>(seg: &Segment<F>, off: u32) -> &[u8] {
     let off = off as usize;
     let head = seg.read(off, record::RECORD_HEADER_LEN);
     let k = record::RECORD_HEADER_LEN + record::key_len_of(head);
+    // Never past the segment's end, even if the record was damaged after
+    // open last checked it (a segment an index checkpoint covers is not
+    // re-read at open): a damaged length must not make a lookup panic.
+    let room = seg.capacity() - off;
     let len = match record::kind_byte_of(head) {
-        record::KIND_COMPLETE => {
+        record::KIND_COMPLETE if k + rec::BODY_RESPONSE <= room => {
             let n = seg.read(off + k + rec::BODY_RESPONSE_LEN, 4);
             let n = usize::try_from(le::u32_at(n, 0)).unwrap_or(usize::MAX);
-            k + rec::BODY_RESPONSE + n
+            (k + rec::BODY_RESPONSE).saturating_add(n)
         }
+        record::KIND_COMPLETE => room,
         record::KIND_CLAIM => k + rec::CLAIM_BODY_LEN,
         _ => k,
     };
-    seg.read(off, len)
+    seg.read(off, len.min(room))
 }
 
 /// Does the key stored at `e` equal `key`?
@@ -98,8 +103,11 @@ pub fn entry_is_key<F: Vfs>(table: &SegmentTable<F>, e: &Entry, key: &[u8]) -> b
 }
 
 /// The key of a record returned by `record_at`.
+/// (Empty if the record is cut short by the segment's end: only a damaged
+/// record can be.)
 pub fn key_of(rec: &[u8]) -> &[u8] {
-    &rec[record::RECORD_HEADER_LEN..record::RECORD_HEADER_LEN + record::key_len_of(rec)]
+    rec.get(record::RECORD_HEADER_LEN..record::RECORD_HEADER_LEN + record::key_len_of(rec))
+        .unwrap_or(&[])
 }
 
 pub struct LogState<F: Vfs> {

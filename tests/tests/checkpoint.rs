@@ -468,3 +468,32 @@ fn the_background_writer_checkpoints_after_seals_without_a_close() {
         assert!(s.contains(&key(i)).unwrap(), "key {i}");
     }
 }
+
+#[test]
+fn damage_to_a_covered_record_is_not_found_at_open_and_does_not_panic_a_lookup() {
+    // The documented trade-off: open does not re-read what the checkpoint
+    // covers. A record damaged afterwards (its key length set past the end
+    // of the segment) must not make a lookup panic; open without the
+    // checkpoint still reports the damage.
+    let (fs, clock) = populated(6000);
+    let first = format!("/db/{}", segments(&fs)[0]);
+    let mut seg = fs.read_file(Path::new(&first)).unwrap();
+    // Key 901's insert (present; records of 16 + 17 bytes, in key order),
+    // in the middle of the segment, away from the bytes the checkpoint
+    // fingerprints (4 KiB at each end): its key length, bytes 6..8.
+    let at = 64 + 901 * (16 + key(0).len());
+    assert!(at > 4096 && at < seg.len() / 2);
+    seg[at + 6..at + 8].copy_from_slice(&u16::MAX.to_le_bytes());
+    fs.write_file(Path::new(&first), &seg);
+    let s = open(&fs.crash(CrashMode::Kill), &clock);
+    assert!(s.stats().checkpoint_entries > 0);
+    // The damaged key no longer matches: absent, not a panic.
+    assert!(!s.contains(&key(901)).unwrap());
+    assert!(s.contains(&key(902)).unwrap());
+    drop(s);
+    let full = Store::open_with(fs.clone(), "/db", cfg(&clock, Checkpoints::Off));
+    assert!(
+        matches!(full, Err(dedupstore::Error::Corruption { .. })),
+        "a full replay finds the damage: {full:?}"
+    );
+}
