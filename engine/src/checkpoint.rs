@@ -465,8 +465,11 @@ impl<F: Vfs> Inner<F> {
         Ok(true)
     }
 
-    /// Writes a checkpoint now (taking `gc_lock`).
+    /// Writes a checkpoint now (taking `gc_lock`), unless checkpoints are off.
     pub(crate) fn write_checkpoint(&self) -> Result<bool> {
+        if self.config.checkpoints == crate::config::Checkpoints::Off {
+            return Ok(false);
+        }
         let _one_at_a_time = self.gc_lock.lock().unwrap_or_else(|p| p.into_inner());
         self.checkpoint_locked()
     }

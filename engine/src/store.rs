@@ -174,9 +174,25 @@ impl<F: Vfs> Store<F> {
         // shows zeros over stale records still on disk, which an append
         // lining up with them could bring back. Costs writing the unused
         // rest of the active segment once per open.
+        //
+        // Except after a clean close: if the checkpoint loaded ends exactly
+        // at the end of the log, and no tail was cut, the process that
+        // wrote it had synced this whole segment successfully at its own
+        // open (by this same rule, inductively), synced every append since,
+        // and wrote nothing after the checkpoint (its end would be past
+        // it). A failed sync poisons a store, and a poisoned store writes no
+        // checkpoint. So the page cache and the disk agree on this segment:
+        // nothing to re-dirty, and the sync below writes nothing.
+        let clean = rec
+            .checkpoint
+            .is_some_and(|c| c.covers == lsn(rec.active.id, rec.end))
+            && rec.stats.truncated_bytes == 0
+            && rec.active_wm >= rec.end as u64;
         let from = usize::try_from(rec.active_wm).map_or(rec.end, |w| w.min(rec.end));
-        // SAFETY: the store is not shared yet; this thread has the segment.
-        unsafe { rec.active.redirty(from, rec.active.capacity()) };
+        if !clean {
+            // SAFETY: the store is not shared yet; this thread has the segment.
+            unsafe { rec.active.redirty(from, rec.active.capacity()) };
+        }
         rec.active.sync(0, rec.active.capacity())?;
         rec.active.reset_watermark(rec.end as u64)?;
         let commit = Commit::default();
@@ -452,7 +468,7 @@ impl<F: Vfs> Store<F> {
 
     /// Writes an index checkpoint now (see [`Checkpoints`]), so that the
     /// next open loads the index instead of replaying the log. Returns
-    /// `false` if there was nothing new to write. Syncs the log first. Waits
+    /// `false` if there was nothing new to write, or checkpoints are `Off`. Syncs the log first. Waits
     /// for a GC run in progress.
     pub fn checkpoint(&self) -> Result<bool> {
         self.inner.write_checkpoint()
