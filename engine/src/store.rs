@@ -173,26 +173,13 @@ impl<F: Vfs> Store<F> {
         // this boot zeroed a torn tail and its sync failed, the page cache
         // shows zeros over stale records still on disk, which an append
         // lining up with them could bring back. Costs writing the unused
-        // rest of the active segment once per open.
-        //
-        // Except after a clean close: if the checkpoint loaded ends exactly
-        // at the end of the log, and no tail was cut, the process that
-        // wrote it had synced this whole segment successfully at its own
-        // open (by this same rule, inductively), synced every append since,
-        // and wrote nothing after the checkpoint (its end would be past
-        // it). A failed sync poisons a store, and a poisoned store writes no
-        // checkpoint. So the page cache and the disk agree on this segment:
-        // nothing to re-dirty, and the sync below writes nothing.
-        let clean = rec
-            .checkpoint
-            .is_some_and(|c| c.covers == lsn(rec.active.id, rec.end))
-            && rec.stats.truncated_bytes == 0
-            && rec.active_wm >= rec.end as u64;
+        // rest of the active segment once per open, even after a clean close
+        // with a checkpoint at the log's end: an open whose sync failed since
+        // may have zeroed a torn tail in the page cache only
+        // (tests/tests/review_attacks.rs).
         let from = usize::try_from(rec.active_wm).map_or(rec.end, |w| w.min(rec.end));
-        if !clean {
-            // SAFETY: the store is not shared yet; this thread has the segment.
-            unsafe { rec.active.redirty(from, rec.active.capacity()) };
-        }
+        // SAFETY: the store is not shared yet; this thread has the segment.
+        unsafe { rec.active.redirty(from, rec.active.capacity()) };
         rec.active.sync(0, rec.active.capacity())?;
         rec.active.reset_watermark(rec.end as u64)?;
         let commit = Commit::default();
