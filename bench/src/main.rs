@@ -5,6 +5,7 @@
 
 mod backends;
 mod measure;
+mod reopen;
 mod report;
 mod workload;
 
@@ -75,6 +76,10 @@ struct Args {
     /// 4 GB of RAM and 4 GB of disk.
     #[arg(long, value_delimiter = ',', value_parser = positive, num_args = 0..)]
     scale: Option<Vec<usize>>,
+    /// Only measure reopen at these store sizes (IDs), with and without the
+    /// index checkpoint, and the checkpoints' cost to inserts; dedupstore only.
+    #[arg(long, value_delimiter = ',', value_parser = positive)]
+    reopen_scale: Vec<usize>,
     /// Internal: run one backend in this process.
     #[arg(long, value_enum, hide = true)]
     child: Option<Engine>,
@@ -105,6 +110,13 @@ fn main() {
                 )
                 .exit();
         }
+    }
+    if !args.reopen_scale.is_empty() {
+        if let Err(e) = reopen::run(&args.dir, &args.reopen_scale) {
+            eprintln!("bench failed: {e}");
+            std::process::exit(1);
+        }
+        return;
     }
     if let Some(engine) = args.child {
         match run_child(&args, engine) {

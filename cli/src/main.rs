@@ -531,7 +531,7 @@ fn write_verify(
         writeln!(
             out,
             "result      DAMAGED: {} problem(s); opening the store fails with Error::Corruption \
-             (RecoveryMode::Salvage keeps every valid record)",
+             unless an index checkpoint covers the damage (RecoveryMode::Salvage keeps every valid record)",
             r.problems.len()
         )
     }

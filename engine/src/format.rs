@@ -13,6 +13,9 @@ pub mod meta {
     pub const LEN: usize = 20;
     /// u32 format version.
     pub const VERSION: usize = 8;
+    /// u32 store id: random, fixed when the store is created (0 in stores
+    /// created before checkpoints existed). Ties a checkpoint to its store.
+    pub const STORE_ID: usize = 12;
     /// u32 CRC-32 of bytes `0..CRC`.
     pub const CRC: usize = 16;
 }
@@ -35,6 +38,43 @@ pub mod seg {
     pub const WATERMARK_CRC: usize = 32;
     /// End of the watermark slot (watermark + its CRC).
     pub const WATERMARK_SLOT_END: usize = 36;
+}
+
+/// `index.ckpt`: a snapshot of the index at a durable log position.
+pub mod ckpt {
+    /// Magic at 0..8.
+    pub const MAGIC: &[u8; 8] = b"DDUPCKPT";
+    /// The checkpoint file's own version (independent of the log's).
+    pub const VERSION_NUMBER: u32 = 1;
+    /// u32 checkpoint version.
+    pub const VERSION: usize = 8;
+    /// u32 store id (from `dedupstore.meta`).
+    pub const STORE_ID: usize = 12;
+    /// u64 LSN `L`: the snapshot holds every record before it.
+    pub const COVERS: usize = 16;
+    /// u64 LSN `M`: it may also reflect records up to here (synced).
+    pub const REFLECTS: usize = 24;
+    /// u64 entries in the body.
+    pub const ENTRIES: usize = 32;
+    /// u32 rows in the segment table.
+    pub const SEGMENTS: usize = 40;
+    /// u32 index shards (256).
+    pub const SHARDS: usize = 44;
+    /// u64 wall clock (ms) when written; informational.
+    pub const WRITTEN_AT: usize = 48;
+    /// u32 CRC-32 of bytes `0..HEADER_CRC`.
+    pub const HEADER_CRC: usize = 60;
+    /// Bytes of the header.
+    pub const HEADER_LEN: usize = 64;
+    /// A segment table row: u32 id, u32 zero, u64 length covered, u64
+    /// records, u64 latest horizon (ms), u64 fingerprint.
+    pub const SEG_ROW: usize = 40;
+    /// A shard directory row: u64 entries, u64 xxh3 of their bytes.
+    pub const DIR_ROW: usize = 16;
+    /// An entry: u32 tag, u32 segment, u32 offset, u32 horizon (s).
+    pub const ENTRY: usize = 16;
+    /// Bytes at each end of a segment's covered range that its fingerprint hashes.
+    pub const FP_SPAN: usize = 4096;
 }
 
 /// A record: 16-byte header, key, then a body for claims and completes.
@@ -101,5 +141,8 @@ const _: () = assert!(seg::WATERMARK_SLOT_END <= seg::HEADER_LEN);
 const _: () = assert!(seg::WATERMARK_CRC == seg::WATERMARK + 8);
 const _: () = assert!(seg::HEADER_CRC + 4 <= seg::WATERMARK);
 const _: () = assert!(meta::CRC + 4 == meta::LEN);
+const _: () = assert!(meta::STORE_ID + 4 == meta::CRC);
+const _: () = assert!(ckpt::HEADER_CRC + 4 == ckpt::HEADER_LEN);
+const _: () = assert!(ckpt::WRITTEN_AT + 8 <= ckpt::HEADER_CRC);
 const _: () = assert!(rec::EXPIRES_AT + 8 == rec::HEADER_LEN);
 const _: () = assert!(rec::KEY_LEN + 2 == rec::EXPIRES_AT);

@@ -35,6 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::config::Checkpoints;
 use crate::error::{io_err, Error, Result};
 use crate::index::{hash_key, shard_of, tag_of, Entry, SHARDS};
 use crate::log::{entry_is_key, lsn};
@@ -151,6 +152,12 @@ impl<F: Vfs> Inner<F> {
             bytes_reclaimed = report.bytes_reclaimed,
             "GC run"
         );
+        // A compacted segment is gone while it still mattered: the last
+        // checkpoint no longer matches the log (open would ignore it).
+        // Write a new one, still holding `gc_lock`.
+        if report.segments_compacted > 0 && self.config.checkpoints != Checkpoints::Off {
+            self.checkpoint_locked()?;
+        }
         Ok(report)
     }
 

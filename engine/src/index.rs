@@ -175,6 +175,17 @@ impl Shard {
         self.table.reserve(additional, |e| spread(e.tag));
     }
 
+    /// Adds entries known to be of distinct keys (a checkpoint's), without
+    /// comparing keys: the table is sized once for `at_most` more entries,
+    /// then each goes in unchecked.
+    pub fn bulk_load(&mut self, entries: impl Iterator<Item = Entry>, at_most: usize) {
+        self.table.reserve(at_most, |e| spread(e.tag));
+        for e in entries {
+            self.table
+                .insert_unique(spread(e.tag), e, |e| spread(e.tag));
+        }
+    }
+
     /// Bytes of heap this shard's table holds.
     pub fn heap_bytes(&self) -> usize {
         // hashbrown: one entry plus one control byte per bucket.

@@ -137,6 +137,7 @@ compile_error!(
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
+mod checkpoint;
 mod claim;
 mod clock;
 mod commit;
@@ -177,7 +178,7 @@ pub mod internals {
 
 pub use claim::{fingerprint, Claim, ClaimToken, KeyState};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use config::{Config, Durability, RecoveryMode};
+pub use config::{Checkpoints, Config, Durability, RecoveryMode};
 pub use counters::CounterSnapshot;
 pub use error::{Error, Result};
 pub use gc::GcReport;

@@ -158,16 +158,21 @@ pub fn record_at<F: Vfs>(seg: &Segment<F>, off: u32) -> &[u8] {
     let off = off as usize;
     let head = seg.read(off, record::RECORD_HEADER_LEN);
     let k = record::RECORD_HEADER_LEN + record::key_len_of(head);
+    // Never past the segment's end, even if the record was damaged after
+    // open last checked it (a segment an index checkpoint covers is not
+    // re-read at open): a damaged length must not make a lookup panic.
+    let room = seg.capacity() - off;
     let len = match record::kind_byte_of(head) {
-        record::KIND_COMPLETE => {
+        record::KIND_COMPLETE if k + rec::BODY_RESPONSE <= room => {
             let n = seg.read(off + k + rec::BODY_RESPONSE_LEN, 4);
             let n = usize::try_from(le::u32_at(n, 0)).unwrap_or(usize::MAX);
-            k + rec::BODY_RESPONSE + n
+            (k + rec::BODY_RESPONSE).saturating_add(n)
         }
+        record::KIND_COMPLETE => room,
         record::KIND_CLAIM => k + rec::CLAIM_BODY_LEN,
         _ => k,
     };
-    seg.read(off, len)
+    seg.read(off, len.min(room))
 }
 
 /// Does the key stored at `e` equal `key`?
@@ -176,8 +181,11 @@ pub fn entry_is_key<F: Vfs>(table: &SegmentTable<F>, e: &Entry, key: &[u8]) -> b
 }
 
 /// The key of a record returned by `record_at`.
+/// (Empty if the record is cut short by the segment's end: only a damaged
+/// record can be.)
 pub fn key_of(rec: &[u8]) -> &[u8] {
-    &rec[record::RECORD_HEADER_LEN..record::RECORD_HEADER_LEN + record::key_len_of(rec)]
+    rec.get(record::RECORD_HEADER_LEN..record::RECORD_HEADER_LEN + record::key_len_of(rec))
+        .unwrap_or(&[])
 }
 
 pub struct LogState<F: Vfs> {
@@ -194,6 +202,9 @@ pub struct Log<F: Vfs> {
     /// Set when a sync fails; from then on nothing is appended or reported
     /// durable until the store is reopened.
     pub poison: Arc<Poison>,
+    /// Told (without blocking) each time a segment is sealed: wakes the
+    /// background checkpoint writer, if any.
+    pub on_seal: std::sync::OnceLock<crossbeam_channel::Sender<()>>,
 }
 
 /// The log, locked for appends. Lock order: index shards, then the log, then
@@ -221,6 +232,7 @@ impl<F: Vfs> Log<F> {
             dir,
             segment_size,
             poison,
+            on_seal: std::sync::OnceLock::new(),
         }
     }
 
@@ -230,6 +242,13 @@ impl<F: Vfs> Log<F> {
             log: self,
             batch: false,
         }
+    }
+
+    /// Runs `f` on the active segment and the end of its records, with
+    /// appends held off (so the segment's counters match that end).
+    pub fn head_with<R>(&self, f: impl FnOnce(&Arc<Segment<F>>, usize) -> R) -> R {
+        let g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        f(&g.active, g.off)
     }
 
     /// The active segment and the end of its records.
@@ -377,6 +396,9 @@ impl<F: Vfs> Appender<'_, F> {
         table.insert(seg.clone());
         st.active = seg;
         st.off = crate::segment::HEADER_LEN;
+        if let Some(tx) = self.log.on_seal.get() {
+            let _ = tx.try_send(());
+        }
         Ok(())
     }
 }

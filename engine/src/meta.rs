@@ -4,7 +4,7 @@
 //! ```text
 //! 0..8    magic "DDUPMETA"
 //! 8..12   format version (u32)
-//! 12..16  reserved, zero
+//! 12..16  store id (u32): random at creation; 0 in older stores
 //! 16..20  crc32 of bytes 0..16
 //! ```
 
@@ -18,10 +18,11 @@ pub const FILE_NAME: &str = "dedupstore.meta";
 const TMP_NAME: &str = "dedupstore.meta.tmp";
 pub use crate::format::meta::{LEN, MAGIC};
 
-fn encode() -> [u8; LEN] {
+fn encode(store_id: u32) -> [u8; LEN] {
     let mut b = [0u8; LEN];
     b[0..MAGIC.len()].copy_from_slice(MAGIC);
     le::put_u32(&mut b, at::VERSION, FORMAT_VERSION);
+    le::put_u32(&mut b, at::STORE_ID, store_id);
     let crc = crc32fast::hash(&b[0..at::CRC]);
     le::put_u32(&mut b, at::CRC, crc);
     b
@@ -57,14 +58,24 @@ pub fn check(b: &[u8], path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A new store's id: random (hashed from a per-process random key, the
+/// time and the pid), never 0 (0 marks a store older than checkpoints).
+fn new_store_id() -> u32 {
+    use std::hash::BuildHasher;
+    let h = std::collections::hash_map::RandomState::new()
+        .hash_one((std::process::id(), std::time::SystemTime::now()));
+    u32::try_from(h >> 32).unwrap_or(1) | 1
+}
+
 /// Checks the metadata file, creating it (crash-safely) in a new store.
-/// `has_segments` says whether the directory already holds log segments.
-pub fn open_or_create<F: Vfs>(fs: &F, dir: &Path, names: &[String]) -> Result<()> {
+/// Returns the store id (see `format::meta::STORE_ID`).
+pub fn open_or_create<F: Vfs>(fs: &F, dir: &Path, names: &[String]) -> Result<u32> {
     let path = dir.join(FILE_NAME);
     if names.iter().any(|n| n == FILE_NAME) {
         let f = fs.open(&path, false).map_err(io_err("open", &path))?;
         let bytes = f.read_all().map_err(io_err("read", &path))?;
-        return check(&bytes, &path);
+        check(&bytes, &path)?;
+        return Ok(le::u32_at(&bytes, at::STORE_ID));
     }
     if names
         .iter()
@@ -78,9 +89,11 @@ pub fn open_or_create<F: Vfs>(fs: &F, dir: &Path, names: &[String]) -> Result<()
         });
     }
     let tmp = dir.join(TMP_NAME);
+    let id = new_store_id();
     let f = fs.open(&tmp, true).map_err(io_err("create", &tmp))?;
-    f.write_all(&encode()).map_err(io_err("write", &tmp))?;
+    f.write_all(&encode(id)).map_err(io_err("write", &tmp))?;
     f.sync_all().map_err(io_err("fsync", &tmp))?;
     fs.rename(&tmp, &path).map_err(io_err("rename", &tmp))?;
-    fs.sync_dir(dir).map_err(io_err("fsync dir", dir))
+    fs.sync_dir(dir).map_err(io_err("fsync dir", dir))?;
+    Ok(id)
 }

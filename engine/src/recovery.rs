@@ -1,10 +1,13 @@
-//! Opening a store: replay every segment into the index, truncate a torn
-//! tail, and refuse (or, in salvage mode, skip) anything else that is damaged.
+//! Opening a store: load the index checkpoint if it matches the log (see
+//! `checkpoint`), replay the segments after it (every segment without one)
+//! into the index, truncate a torn tail, and refuse (or, in salvage mode,
+//! skip) anything else that is damaged.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::config::{Config, RecoveryMode};
+use crate::checkpoint::{self, Written};
+use crate::config::{Checkpoints, Config, RecoveryMode};
 use crate::error::{io_err, Error, Result};
 use crate::index::{hash_key, keep_secs, shard_of, tag_of, Entry, Index, SHARDS};
 use crate::log::{entry_is_key, key_of, record_at, SegmentTable};
@@ -20,6 +23,12 @@ pub struct RecoveryStats {
     pub truncated_bytes: u64,
     /// Damaged bytes skipped by `RecoveryMode::Salvage`.
     pub salvaged_bytes: u64,
+    /// Entries loaded from the index checkpoint (0: none was used).
+    pub checkpoint_entries: u64,
+    /// Why a checkpoint file present was ignored, if it was.
+    pub checkpoint_ignored: Option<&'static str>,
+    /// Records replayed from the log.
+    pub replayed_records: u64,
 }
 
 pub struct Recovered<F: Vfs> {
@@ -33,6 +42,8 @@ pub struct Recovered<F: Vfs> {
     /// Segments in which `RecoveryMode::Salvage` skipped damaged bytes; open
     /// rewrites them so that later strict opens do not trip on the damage.
     pub damaged: Vec<u32>,
+    /// The checkpoint used, if one was.
+    pub checkpoint: Option<Written>,
 }
 
 /// A record read during recovery, waiting to be applied to the index.
@@ -118,6 +129,7 @@ pub fn recover<F: Vfs>(
     fs: &F,
     dir: &Path,
     cfg: &Config,
+    store_id: u32,
     table: &SegmentTable<F>,
     index: &mut Index,
     poison: &Arc<Poison>,
@@ -125,8 +137,11 @@ pub fn recover<F: Vfs>(
     let now = cfg.clock.now_ms();
     let mut ids = Vec::new();
     let mut removed_tmp = false;
+    let mut has_checkpoint = false;
     for name in fs.list(dir).map_err(io_err("list", dir))? {
-        if name.ends_with(".tmp") {
+        if name == checkpoint::FILE_NAME {
+            has_checkpoint = true;
+        } else if name.ends_with(".tmp") {
             // A segment or metadata file whose creation did not finish.
             let p = dir.join(&name);
             fs.remove(&p).map_err(io_err("remove orphan", &p))?;
@@ -144,7 +159,22 @@ pub fn recover<F: Vfs>(
     poison.sync(|| fs.sync_dir(dir).map_err(io_err("fsync dir", dir)))?;
     ids.sort_unstable();
     let mut stats = RecoveryStats::default();
+    let mut ckpt = None;
+    if has_checkpoint && cfg.checkpoints != Checkpoints::Off {
+        if cfg.recovery == RecoveryMode::Salvage {
+            stats.checkpoint_ignored = Some("salvage mode replays the whole log");
+        } else {
+            match checkpoint::open(fs, dir) {
+                Ok(c) => ckpt = Some(c),
+                Err(why) => stats.checkpoint_ignored = Some(why),
+            }
+        }
+    }
     let Some(&newest) = ids.last() else {
+        if has_checkpoint && cfg.checkpoints != Checkpoints::Off {
+            stats.checkpoint_ignored.get_or_insert("the log is empty");
+            checkpoint::remove(fs, dir);
+        }
         let seg = Arc::new(Segment::create(
             fs,
             dir,
@@ -159,8 +189,12 @@ pub fn recover<F: Vfs>(
             active_wm: HEADER_LEN as u64,
             stats,
             damaged: Vec::new(),
+            checkpoint: None,
         });
     };
+    // Segments below the one the checkpoint ends in are not read (unless it
+    // turns out not to match): no need to prefault them.
+    let covered_below = ckpt.as_ref().map_or(0, |c| c.covers().0);
     let mut opened = Vec::with_capacity(ids.len());
     for &id in &ids {
         let is_newest = id == newest;
@@ -170,12 +204,55 @@ pub fn recover<F: Vfs>(
             &path,
             id,
             is_newest.then_some(cfg.segment_size),
+            id >= covered_below,
             poison.clone(),
         )?;
         let seg = Arc::new(seg);
         table.insert(seg.clone());
         opened.push((seg, wm));
     }
+    // Use the checkpoint if it matches the log; otherwise replay it all.
+    let mut used = None;
+    if let Some(c) = ckpt.take() {
+        let checked = checkpoint::validate(&c, store_id, &opened, now).and_then(|()| {
+            let exists = |id: u32| ids.binary_search(&id).is_ok();
+            checkpoint::load(&c, index, now, &exists)
+        });
+        match checked {
+            Ok(n) => {
+                for row in &c.segs {
+                    if let Some((seg, _)) = opened.iter().find(|(s, _)| s.id == row.id) {
+                        seg.set_counts(row.records, row.max_horizon);
+                    }
+                }
+                stats.checkpoint_entries = n;
+                used = Some((
+                    c.covers(),
+                    Written {
+                        covers: c.covers,
+                        bytes: c.file_len(),
+                    },
+                ));
+            }
+            Err(why) => {
+                *index = Index::default();
+                stats.checkpoint_ignored = Some(why);
+            }
+        }
+    }
+    if stats.checkpoint_ignored.is_some() {
+        // Rebuilt later (at close, after GC, or in the background).
+        checkpoint::remove(fs, dir);
+    }
+    // What to replay: every segment from the one the checkpoint ends in,
+    // that one from where the checkpoint ends.
+    let (from_seg, from_off) = used.map_or((0, HEADER_LEN as u64), |(c, _)| c);
+    let from_off = usize::try_from(from_off).unwrap_or(usize::MAX);
+    let start_of = |id: u32| if id == from_seg { from_off } else { HEADER_LEN };
+    let opened: Vec<_> = opened
+        .into_iter()
+        .filter(|(s, _)| s.id >= from_seg)
+        .collect();
     // Bytes of records to replay, as far as the watermarks tell. A hostile
     // watermark may claim more than the file holds: never trust it for sizes.
     let logged: u64 = opened
@@ -183,7 +260,7 @@ pub fn recover<F: Vfs>(
         .map(|(seg, wm)| {
             wm.unwrap_or(0)
                 .min(seg.capacity() as u64)
-                .saturating_sub(HEADER_LEN as u64)
+                .saturating_sub(start_of(seg.id) as u64)
         })
         .sum();
     // Two stages on two threads: one reads and checks segment i+1 while the
@@ -202,13 +279,22 @@ pub fn recover<F: Vfs>(
                 let guess = wm.unwrap_or(0).min(seg.capacity() as u64) / 24;
                 let mut recs = Vec::with_capacity(guess as usize);
                 let salvaged = stats.salvaged_bytes;
-                let scanned = scan(seg, *wm, seg.id == newest, mode, &mut stats, |rec, off| {
-                    recs.push(Pending {
-                        hash: hash_key(rec.key),
-                        expires_at: rec.expires_at,
-                        off: u32::try_from(off).unwrap_or(u32::MAX),
-                    });
-                });
+                let from = start_of(seg.id);
+                let scanned = scan(
+                    seg,
+                    *wm,
+                    from,
+                    seg.id == newest,
+                    mode,
+                    &mut stats,
+                    |rec, off| {
+                        recs.push(Pending {
+                            hash: hash_key(rec.key),
+                            expires_at: rec.expires_at,
+                            off: u32::try_from(off).unwrap_or(u32::MAX),
+                        });
+                    },
+                );
                 if stats.salvaged_bytes != salvaged {
                     damaged.push(seg.id);
                 }
@@ -220,13 +306,15 @@ pub fn recover<F: Vfs>(
             (stats, damaged)
         });
         let mut sorted = Vec::new();
+        let mut replayed = 0;
         for msg in rx {
             let (i, recs, end) = msg?;
             let seg = &opened[i].0;
+            replayed += recs.len() as u64;
             if i == 0 && !recs.is_empty() {
                 // Size the tables once, from the first segment's bytes per
                 // record, instead of growing them step by step.
-                let per_record = ((end - HEADER_LEN) / recs.len()).max(1) as u64;
+                let per_record = (end.saturating_sub(start_of(seg.id)) / recs.len()).max(1) as u64;
                 index.reserve_total(usize::try_from(logged / per_record).unwrap_or(0));
             }
             apply_segment(index, table, seg, &recs, &mut sorted, now);
@@ -234,6 +322,7 @@ pub fn recover<F: Vfs>(
                 active = Some((seg.clone(), end));
             }
         }
+        stats.replayed_records = replayed;
         scanner
             .join()
             .map_err(|_| Error::InvalidConfig("recovery scanner panicked".into()))
@@ -254,6 +343,7 @@ pub fn recover<F: Vfs>(
         active_wm,
         stats,
         damaged,
+        checkpoint: used.map(|(_, w)| w),
     })
 }
 
@@ -262,6 +352,7 @@ pub fn recover<F: Vfs>(
 fn scan<F: Vfs>(
     seg: &Segment<F>,
     wm: Option<u64>,
+    from: usize,
     is_newest: bool,
     mode: RecoveryMode,
     stats: &mut RecoveryStats,
@@ -284,7 +375,7 @@ fn scan<F: Vfs>(
     if wm > cap as u64 && mode == RecoveryMode::Strict {
         return Err(corrupt(cap, "segment is shorter than its synced length"));
     }
-    let mut off = HEADER_LEN;
+    let mut off = from;
     let end = loop {
         let problem = match record::decode(seg.read(off, cap - off)) {
             Decoded::Record(rec, len) => {

@@ -188,12 +188,15 @@ impl<F: Vfs> Segment<F> {
     /// Opens an existing segment, extending it to `min_size` first if it is
     /// shorter (only done for the segment that will take appends; the new
     /// length is fsynced before anything is written past the old one).
-    /// Returns the segment and its watermark, if readable.
+    /// Returns the segment and its watermark, if readable. `populate`:
+    /// prefault the whole mapping (when recovery is about to read it all;
+    /// not for segments a checkpoint covers, which open does not read).
     pub fn open(
         fs: &F,
         path: &Path,
         id: u32,
         min_size: Option<u64>,
+        populate: bool,
         poison: Arc<Poison>,
     ) -> Result<(Self, Option<u64>)> {
         let file = fs.open(path, false).map_err(io_err("open segment", path))?;
@@ -218,7 +221,7 @@ impl<F: Vfs> Segment<F> {
                 poison.sync(|| file.sync_all().map_err(io_err("fsync", path)))?;
             }
         }
-        let map = file.map(true).map_err(io_err("mmap", path))?;
+        let map = file.map(populate).map_err(io_err("mmap", path))?;
         let seg: Segment<F> = Segment {
             id,
             path: path.to_path_buf(),
@@ -424,5 +427,12 @@ impl<F: Vfs> Segment<F> {
 
     pub fn records(&self) -> u64 {
         self.records.load(Ordering::Relaxed)
+    }
+
+    /// Sets the counters from a checkpoint, before the segment is shared
+    /// (recovery then adds the records it replays past the checkpoint).
+    pub fn set_counts(&self, records: u64, max_horizon_ms: u64) {
+        self.records.store(records, Ordering::Relaxed);
+        self.max_horizon.store(max_horizon_ms, Ordering::Relaxed);
     }
 }

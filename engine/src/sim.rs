@@ -483,6 +483,15 @@ impl SimFs {
         dirs.lost.remove(path);
     }
 
+    /// Deletes a file, live and durable (a user removing it). The file must
+    /// not be open in a store.
+    pub fn delete_file(&self, path: &Path) {
+        let mut dirs = lock(&self.0.dirs);
+        dirs.live.remove(path);
+        dirs.durable.remove(path);
+        dirs.lost.remove(path);
+    }
+
     /// Names of live files in `dir`.
     pub fn file_names(&self, dir: &Path) -> Vec<String> {
         let dirs = lock(&self.0.dirs);

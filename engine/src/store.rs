@@ -8,9 +8,10 @@ use std::time::{Duration, SystemTime};
 
 use crossbeam_channel::{self as channel, RecvTimeoutError, Sender};
 
+use crate::checkpoint::Written;
 use crate::clock::to_system_time;
 use crate::commit::Commit;
-use crate::config::{Config, Durability};
+use crate::config::{Checkpoints, Config, Durability};
 use crate::error::{io_err, Error, Result};
 use crate::gc::{GcCounters, GcReport};
 use crate::index::{hash_key, keep_secs, shard_of, tag_of, Entry, Index, Shard, SHARDS};
@@ -74,6 +75,14 @@ pub struct Stats {
     pub truncated_bytes: u64,
     /// Damaged bytes skipped on the last open under `RecoveryMode::Salvage`.
     pub salvaged_bytes: u64,
+    /// Index entries the last open loaded from the checkpoint (0: it
+    /// replayed the whole log).
+    pub checkpoint_entries: u64,
+    /// Why the last open ignored a checkpoint file it found (it then
+    /// replayed the whole log and deleted the file), if it did.
+    pub checkpoint_ignored: Option<&'static str>,
+    /// Records the last open replayed from the log.
+    pub replayed_records: u64,
     /// Syncs (msync) run by group commit since open.
     pub syncs: u64,
     /// GC runs since open (background and `gc_now`/`compact`).
@@ -103,6 +112,12 @@ pub(crate) struct Inner<F: Vfs> {
     /// Which opening of the store this is (claim tokens carry it).
     pub(crate) opening: crate::claim::Opening,
     pub(crate) counters: crate::counters::Counters,
+    /// From `dedupstore.meta`: written into checkpoints, checked on load.
+    pub(crate) store_id: u32,
+    /// What the last checkpoint written or loaded covers.
+    checkpoint: Mutex<Option<Written>>,
+    /// Tells the background checkpoint writer to stop.
+    checkpoint_stop: std::sync::atomic::AtomicBool,
     _lock: F::Lock,
 }
 
@@ -120,6 +135,7 @@ pub struct Store<F: Vfs = OsFs> {
     inner: Arc<Inner<F>>,
     flusher: Option<(Sender<()>, JoinHandle<()>)>,
     gc: Option<(Sender<GcMsg>, JoinHandle<()>)>,
+    checkpointer: Option<JoinHandle<()>>,
 }
 
 impl Store<OsFs> {
@@ -143,12 +159,12 @@ impl<F: Vfs> Store<F> {
             .map_err(io_err("lock", &lock_path))?
             .ok_or_else(|| Error::Locked { dir: dir.clone() })?;
         let names = fs.list(&dir).map_err(io_err("list", &dir))?;
-        crate::meta::open_or_create(&*fs, &dir, &names)?;
+        let store_id = crate::meta::open_or_create(&*fs, &dir, &names)?;
 
         let mut index = Index::default();
         let table = SegmentTable::default();
         let poison = Arc::new(Poison::default());
-        let rec = recovery::recover(&*fs, &dir, &config, &table, &mut index, &poison)?;
+        let rec = recovery::recover(&*fs, &dir, &config, store_id, &table, &mut index, &poison)?;
         // Invariant: no answer from here on relies on data a power loss could
         // take away. What recovery found above the watermark may sit only in
         // the page cache (a process crash before its sync), possibly on pages
@@ -161,7 +177,10 @@ impl<F: Vfs> Store<F> {
         // this boot zeroed a torn tail and its sync failed, the page cache
         // shows zeros over stale records still on disk, which an append
         // lining up with them could bring back. Costs writing the unused
-        // rest of the active segment once per open.
+        // rest of the active segment once per open, even after a clean close
+        // with a checkpoint at the log's end: an open whose sync failed since
+        // may have zeroed a torn tail in the page cache only
+        // (tests/tests/review_attacks.rs).
         let from = usize::try_from(rec.active_wm).map_or(rec.end, |w| w.min(rec.end));
         // SAFETY: the store is not shared yet; this thread has the segment.
         unsafe { rec.active.redirty(from, rec.active.capacity()) };
@@ -203,11 +222,18 @@ impl<F: Vfs> Store<F> {
             gc_counters: GcCounters::default(),
             opening,
             counters: Default::default(),
+            store_id,
+            checkpoint: Mutex::new(rec.checkpoint),
+            checkpoint_stop: std::sync::atomic::AtomicBool::new(false),
             _lock: lock,
         });
         if !damaged.is_empty() {
             inner.rewrite_damaged(&damaged)?;
         }
+        let checkpointer = match inner.config.checkpoints {
+            Checkpoints::Background => Some(spawn_checkpointer(inner.clone())?),
+            _ => None,
+        };
         let flusher = match inner.config.durability {
             Durability::Interval(every) => Some(spawn_flusher(inner.clone(), every)?),
             _ => None,
@@ -216,7 +242,12 @@ impl<F: Vfs> Store<F> {
             Some(every) => Some(spawn_gc(inner.clone(), every)?),
             None => None,
         };
-        Ok(Store { inner, flusher, gc })
+        Ok(Store {
+            inner,
+            flusher,
+            gc,
+            checkpointer,
+        })
     }
 
     /// Atomically: if `key` is recorded and unexpired, returns `Duplicate`;
@@ -468,6 +499,9 @@ impl<F: Vfs> Store<F> {
             truncated_records: inner.recovered.truncated_records,
             truncated_bytes: inner.recovered.truncated_bytes,
             salvaged_bytes: inner.recovered.salvaged_bytes,
+            checkpoint_entries: inner.recovered.checkpoint_entries,
+            checkpoint_ignored: inner.recovered.checkpoint_ignored,
+            replayed_records: inner.recovered.replayed_records,
             syncs: inner.commit.syncs.load(Ordering::Relaxed),
             gc_runs: gc.runs.load(Ordering::Relaxed),
             gc_bytes_reclaimed: gc.bytes_reclaimed.load(Ordering::Relaxed),
@@ -500,6 +534,14 @@ impl<F: Vfs> Store<F> {
     /// record, to reclaim the most space.
     pub fn compact(&self) -> Result<GcReport> {
         self.inner.gc(1.0)
+    }
+
+    /// Writes an index checkpoint now (see [`Checkpoints`]), so that the
+    /// next open loads the index instead of replaying the log. Returns
+    /// `false` if there was nothing new to write, or checkpoints are `Off`. Syncs the log first. Waits
+    /// for a GC run in progress.
+    pub fn checkpoint(&self) -> Result<bool> {
+        self.inner.write_checkpoint()
     }
 
     /// Pauses the background GC (e.g. during a latency-critical burst).
@@ -547,6 +589,13 @@ impl<F: Vfs> Store<F> {
             drop(tx);
             let _ = handle.join();
         }
+        if let Some(handle) = self.checkpointer.take() {
+            self.inner.checkpoint_stop.store(true, Ordering::SeqCst);
+            if let Some(tx) = self.inner.log.on_seal.get() {
+                let _ = tx.try_send(());
+            }
+            let _ = handle.join();
+        }
         if let Some((tx, handle)) = self.flusher.take() {
             drop(tx);
             let _ = handle.join();
@@ -554,7 +603,11 @@ impl<F: Vfs> Store<F> {
         self.inner.log.poison.check()?;
         self.inner.sync()?;
         let (seg, end) = self.inner.log.head();
-        seg.persist_watermark(end as u64)
+        seg.persist_watermark(end as u64)?;
+        if self.inner.config.checkpoints != Checkpoints::Off {
+            self.inner.write_checkpoint()?;
+        }
+        Ok(())
     }
 }
 
@@ -651,6 +704,14 @@ pub(crate) struct Live {
 }
 
 impl<F: Vfs> Inner<F> {
+    pub(crate) fn checkpoint_state(&self) -> Option<Written> {
+        *self.checkpoint.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn set_checkpoint_state(&self, w: Option<Written>) {
+        *self.checkpoint.lock().unwrap_or_else(|p| p.into_inner()) = w;
+    }
+
     /// Counts the index: per segment, entries still needed (horizon not
     /// passed); keys present now; and entries of keys that answer absent.
     fn count_entries(&self, now: u64) -> (std::collections::HashMap<u32, u64>, u64, u64) {
@@ -920,6 +981,36 @@ fn spawn_gc<F: Vfs>(
         })
         .map_err(io_err("spawn gc", PathBuf::new()))?;
     Ok((tx, handle))
+}
+
+/// The background checkpoint writer: woken when a segment is sealed, it
+/// writes a checkpoint if enough log was written since the last one.
+fn spawn_checkpointer<F: Vfs>(inner: Arc<Inner<F>>) -> Result<JoinHandle<()>> {
+    let (tx, rx) = channel::bounded::<()>(1);
+    // Set once per store: `inner` is new.
+    let _ = inner.log.on_seal.set(tx);
+    std::thread::Builder::new()
+        .name("dedupstore-ckpt".into())
+        .spawn(move || {
+            while rx.recv().is_ok() {
+                if inner.checkpoint_stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                if inner.checkpoint_due() {
+                    // A failure leaves the previous checkpoint (still valid
+                    // or caught at open); a failed sync poisons the store,
+                    // which callers see.
+                    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        inner.write_checkpoint()
+                    }));
+                    if ran.is_err() {
+                        inner.log.poison.set();
+                        return;
+                    }
+                }
+            }
+        })
+        .map_err(io_err("spawn checkpointer", PathBuf::new()))
 }
 
 fn spawn_flusher<F: Vfs>(

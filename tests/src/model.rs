@@ -85,8 +85,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dedupstore::sim::{CrashMode, Fault, SimFs};
 use dedupstore::{
-    Claim, ClaimToken, Clock, Config, Durability, Error, KeyState, ManualClock, Outcome, Store,
+    Checkpoints, Claim, ClaimToken, Clock, Config, Durability, Error, KeyState, ManualClock,
+    Outcome, Store,
 };
+
+/// The store's index checkpoint file.
+pub const CKPT: &str = "/db/index.ckpt";
 
 /// Probe every key, not only the touched ones, at least this often.
 pub const FULL_EVERY: usize = 8;
@@ -185,6 +189,18 @@ pub enum Op {
     Crash {
         kind: u8,
         seed: u64,
+    },
+    /// `Store::checkpoint`: writes an index checkpoint now (one is also
+    /// written at every clean close and after a compacting GC).
+    Checkpoint,
+    /// Tampers with the checkpoint file (the next open must ignore it or
+    /// find it still matching the log; either way no answer changes).
+    /// `how % 6`: 0 flip a byte at `at`, 1 truncate to `at`, 2 delete,
+    /// 3 save a copy, 4 put the saved copy back (stale), 5 put in one from
+    /// another store.
+    DamageCheckpoint {
+        how: u8,
+        at: u32,
     },
     /// Arms a one-shot fault: the `nth` next I/O call of kind
     /// `FAIL_KINDS[kind % 8]` fails with EIO (`enospc`: ENOSPC).
@@ -544,6 +560,12 @@ pub struct Summary {
     pub oracle_opens: u64,
     pub oracle_keys: u64,
     pub torn_opens: u64,
+    /// Opens (live and oracle) that loaded a checkpoint, and that ignored
+    /// a checkpoint file because it did not match.
+    pub checkpoint_loads: u64,
+    pub checkpoint_ignored: u64,
+    /// Checkpoint files tampered with.
+    pub checkpoint_damaged: u64,
 }
 
 impl std::ops::AddAssign for Summary {
@@ -561,6 +583,9 @@ impl std::ops::AddAssign for Summary {
         self.oracle_opens += o.oracle_opens;
         self.oracle_keys += o.oracle_keys;
         self.torn_opens += o.torn_opens;
+        self.checkpoint_loads += o.checkpoint_loads;
+        self.checkpoint_ignored += o.checkpoint_ignored;
+        self.checkpoint_damaged += o.checkpoint_damaged;
     }
 }
 
@@ -634,17 +659,28 @@ struct Runner {
     /// Keys touched since the last full probe.
     touched: BTreeSet<u32>,
     since_full: usize,
+    /// A checkpoint saved by `DamageCheckpoint` (put back later: stale).
+    saved_checkpoint: Option<Vec<u8>>,
+    /// A checkpoint of another store over the same keys.
+    foreign_checkpoint: Vec<u8>,
 }
 
 type Res<T = ()> = Result<T, Failure>;
 
 impl Runner {
     fn cfg(&self, clock: ManualClock) -> Config {
-        Config::default()
-            .durability(self.durability)
-            .segment_size(64 << 10)
-            .gc_interval(None)
-            .clock(clock)
+        cfg(self.durability, clock)
+    }
+
+    /// Counts what an open did with the checkpoint.
+    fn note_open(&mut self, s: &Store<SimFs>) {
+        let st = s.stats();
+        if st.checkpoint_entries > 0 {
+            self.summary.checkpoint_loads += 1;
+        }
+        if st.checkpoint_ignored.is_some() {
+            self.summary.checkpoint_ignored += 1;
+        }
     }
 
     fn now(&self) -> u64 {
@@ -758,6 +794,7 @@ impl Runner {
             match Store::open_with(self.fs.clone(), "/db", self.cfg(self.clock.clone())) {
                 Ok(s) => {
                     self.fired(f0);
+                    self.note_open(&s);
                     return Ok(s);
                 }
                 Err(e) => {
@@ -1102,6 +1139,39 @@ impl Runner {
                 }
                 global = true;
             }
+            Op::Checkpoint => {
+                let r = self.store().checkpoint();
+                let fired = self.fired(f0);
+                if let Err(e) = r {
+                    self.expect_err(&e, fired, "checkpoint")?;
+                }
+                global = true;
+            }
+            &Op::DamageCheckpoint { how, at } => {
+                let path = Path::new(CKPT);
+                let cur = self.fs.read_file(path);
+                match (how % 6, cur) {
+                    (0, Some(mut b)) if !b.is_empty() => {
+                        let i = at as usize % b.len();
+                        b[i] ^= 1 << (at % 8);
+                        self.fs.write_file(path, &b);
+                    }
+                    (1, Some(b)) => self.fs.write_file(path, &b[..at as usize % (b.len() + 1)]),
+                    (2, Some(_)) => self.fs.delete_file(path),
+                    (3, Some(b)) => {
+                        self.saved_checkpoint = Some(b);
+                        return Ok(());
+                    }
+                    (4, _) => match self.saved_checkpoint.clone() {
+                        Some(b) => self.fs.write_file(path, &b),
+                        None => return Ok(()),
+                    },
+                    (5, _) => self.fs.write_file(path, &self.foreign_checkpoint.clone()),
+                    _ => return Ok(()),
+                }
+                self.summary.checkpoint_damaged += 1;
+                global = true;
+            }
             &Op::Fail { kind, nth, enospc } => {
                 let kind = FAIL_KINDS[kind as usize % FAIL_KINDS.len()];
                 let errno = if enospc { libc::ENOSPC } else { libc::EIO };
@@ -1309,6 +1379,7 @@ impl Runner {
             )
         })?;
         self.summary.oracle_opens += 1;
+        self.note_open(&probe);
         for &k in keys {
             let got = match probe.peek(key(k)) {
                 // Every claim in a freshly opened image is an earlier
@@ -1409,6 +1480,34 @@ fn err_kind(e: &Error) -> String {
     }
 }
 
+/// The configuration of every store a scenario opens: small segments,
+/// GC and checkpoints only when the scenario says (no background threads
+/// but the `Interval` flusher), so runs are repeatable.
+fn cfg(durability: Durability, clock: ManualClock) -> Config {
+    Config::default()
+        .durability(durability)
+        .segment_size(64 << 10)
+        .gc_interval(None)
+        .checkpoints(Checkpoints::OnCloseAndGc)
+        .clock(clock)
+}
+
+/// The checkpoint of another store over the same keys (same sizes, so the
+/// same segment layout): what a copy from the wrong directory looks like.
+fn foreign_checkpoint(nkeys: u32) -> Vec<u8> {
+    let fs = SimFs::with_seed(7);
+    let clock = ManualClock::new(START_MS);
+    let s = Store::open_with(fs.clone(), "/db", cfg(Durability::None, clock))
+        .expect("a new store on a healthy simulated disk opens");
+    for k in 0..nkeys {
+        let _ = s
+            .check_and_insert(key(k), Duration::from_secs(3600))
+            .expect("insert on a healthy simulated disk");
+    }
+    s.close().expect("close on a healthy simulated disk");
+    fs.read_file(Path::new(CKPT)).unwrap_or_default()
+}
+
 /// Runs `ops` against a fresh store on a simulated file system, checking
 /// every answer and, after every step, crash images against the model.
 /// Returns the first disagreement (a panic in the store counts as one).
@@ -1439,6 +1538,8 @@ pub fn check(durability: Durability, nkeys: u32, ops: &[Op]) -> Result<Summary, 
         op: "open".into(),
         touched: BTreeSet::new(),
         since_full: 0,
+        saved_checkpoint: None,
+        foreign_checkpoint: foreign_checkpoint(nkeys),
     };
     let s = Store::open_with(r.fs.clone(), "/db", r.cfg(clock))
         .map_err(|e| r.fail("open", "new store", format!("opening a new store: {e}")))?;
@@ -1649,7 +1750,12 @@ pub fn random_ops(rng: &mut fastrand::Rng, steps: usize, nkeys: u32) -> Vec<Op> 
             710..=724 => Op::Rewind {
                 ms: rng.u64(1..6_000),
             },
-            725..=769 => Op::Sync,
+            725..=754 => Op::Sync,
+            755..=761 => Op::Checkpoint,
+            762..=769 => Op::DamageCheckpoint {
+                how: rng.u8(..6),
+                at: rng.u32(..),
+            },
             770..=809 => Op::Gc,
             810..=839 => Op::Compact,
             840..=859 => Op::Reopen,
@@ -1776,7 +1882,7 @@ pub fn decode_ops(data: &[u8]) -> (Durability, u32, Vec<Op>) {
             1 | 2 => 300 + (x as u64 & 0x7f) * 40,
             _ => 5_000 + (x as u64 & 0x3f) * 900,
         };
-        ops.push(match b % 23 {
+        ops.push(match b % 25 {
             0..=3 => Op::Insert { key, ttl_ms },
             4 => Op::Batch {
                 keys: (0..(x % 8) as u32 + 1)
@@ -1824,6 +1930,11 @@ pub fn decode_ops(data: &[u8]) -> (Durability, u32, Vec<Op>) {
                 ttl_ms,
                 resp: x,
                 release: arg & 7 == 0,
+            },
+            21 => Op::Checkpoint,
+            22 => Op::DamageCheckpoint {
+                how: arg,
+                at: x as u32 * 97,
             },
             _ => Op::Fail {
                 kind: arg,

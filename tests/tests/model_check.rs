@@ -48,7 +48,8 @@ fn random_sequences_with_crashes_match_the_model() {
         "model check: {seeds} sequences, {} steps in {:.1?}: {} crashes, {} reopens, \
          {} injected faults, GC reclaimed {} segments, {} claims, {} completes, \
          {} batch claims, {} takeovers at open, {} batch completes/releases; \
-         oracle: {} crash images opened ({} torn), {} key comparisons",
+         oracle: {} crash images opened ({} torn), {} key comparisons; \
+         checkpoints: {} loaded, {} ignored, {} tampered with",
         total.steps,
         started.elapsed(),
         total.crashes,
@@ -63,6 +64,9 @@ fn random_sequences_with_crashes_match_the_model() {
         total.oracle_opens,
         total.torn_opens,
         total.oracle_keys,
+        total.checkpoint_loads,
+        total.checkpoint_ignored,
+        total.checkpoint_damaged,
     );
     for f in failed.iter().take(20) {
         eprintln!("{f}");
@@ -80,7 +84,11 @@ fn random_sequences_with_crashes_match_the_model() {
                 && total.batch_claims > 0
                 && total.takeovers > 0
                 && total.batch_finishes > 0
-                && total.faults > seeds),
+                && total.faults > seeds
+                // Opens used checkpoints, and ignored tampered ones.
+                && total.checkpoint_loads > seeds
+                && total.checkpoint_ignored > 0
+                && total.checkpoint_damaged > 0),
         "scenarios too shallow: {total:?}"
     );
 }
