@@ -38,10 +38,11 @@
 //! crash orphans every claim in progress, and the model expects the next
 //! `claim` (single or batch) of such a key to take it over at once, and
 //! every token of an earlier opening to be stale (for `complete`, `release`
-//! and `extend`; a successful `extend` moves the lease end to now + lease). To stay cheap, a step that touches single keys
-//! probes those keys; every other step (sync, GC, compaction, clock moves,
-//! reopen, crash, a fired fault, a segment roll), and every
-//! [`FULL_EVERY`]th step, probes all `nkeys` keys.
+//! and `extend`; a successful `extend` moves the lease end to now + lease).
+//! To stay cheap, a step that touches single keys probes those keys; every
+//! other step (sync, GC, compaction, clock moves, reopen, crash, a fired
+//! fault, a segment roll), and every [`FULL_EVERY`]th step, probes all
+//! `nkeys` keys.
 //!
 //! # Faults
 //!
