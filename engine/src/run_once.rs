@@ -1,10 +1,12 @@
 //! Run a side effect at most once per key and remember its result:
 //! claim, run the caller's closure, complete with its response (release
-//! the claim if the closure fails).
+//! the claim if the closure fails); also for a whole broker batch.
+
+use std::collections::HashMap;
 
 use std::time::{Duration, SystemTime};
 
-use crate::claim::Claim;
+use crate::claim::{Claim, ClaimToken};
 use crate::error::{Error, Result};
 use crate::store::Store;
 use crate::vfs::Vfs;
@@ -70,5 +72,121 @@ impl<F: Vfs> Store<F> {
                 Err(store) => Err(store),
             },
         }
+    }
+
+    /// [`run_once`](Store::run_once) for a whole broker batch:
+    /// `(key, fingerprint)` pairs, one answer per item, in order, with one
+    /// sync to claim the batch ([`claim_batch`](Store::claim_batch)), one
+    /// to complete the items whose closure succeeded
+    /// ([`complete_batch`](Store::complete_batch)) and one to release those
+    /// whose closure failed ([`release_batch`](Store::release_batch)); a
+    /// step with nothing to do is skipped.
+    ///
+    /// `effect(index, key)` runs once per acquired item, in batch order,
+    /// between the claim and the completion. Duplicates answer
+    /// [`RunOnce::Done`] with the stored response and keys claimed
+    /// elsewhere [`RunOnce::InProgress`]; neither runs the closure. A key
+    /// repeated in the batch runs once, for its first occurrence; a later
+    /// occurrence answers `Done` with that response if the first one
+    /// answers `Ran`, and otherwise the `InProgress` its claim answered
+    /// (do not ack it: the first one failed or finished late). A
+    /// fingerprint mismatch is that item's answer
+    /// (`Err(Error::FingerprintMismatch)`, the closure does not run for it).
+    ///
+    /// The outer `Err` is an error of the store: invalid input (nothing is
+    /// claimed, no closure runs), or a claim, completion or release that
+    /// could not be written. If the completion fails after closures ran,
+    /// their responses are not stored and their claims stay until the lease
+    /// ends (or the next opening takes them over); the same holds for the
+    /// failed items' claims if the release fails. The responses of one
+    /// batch must fit in half a segment together (`Error::BatchTooLarge`
+    /// otherwise, as for `complete_batch`).
+    pub fn run_once_batch<K: AsRef<[u8]>, E>(
+        &self,
+        items: &[(K, Option<u64>)],
+        lease: Duration,
+        ttl: Duration,
+        mut effect: impl FnMut(usize, &[u8]) -> std::result::Result<Vec<u8>, E>,
+    ) -> Result<Vec<Result<RunOnce<E>>>> {
+        let claims = self.claim_batch(items, lease)?;
+        // Each item's state once its closure (if any) ran.
+        enum Step<E> {
+            Answer(Result<RunOnce<E>>),
+            Ok(ClaimToken, Vec<u8>),
+            Err(ClaimToken, E),
+        }
+        let mut first: HashMap<&[u8], usize> = HashMap::new();
+        let mut repeats = Vec::new();
+        let mut steps = Vec::with_capacity(items.len());
+        for (i, ((key, _), claim)) in items.iter().zip(claims).enumerate() {
+            let key = key.as_ref();
+            steps.push(match claim {
+                Ok(Claim::Acquired(token)) => {
+                    first.insert(key, i);
+                    match effect(i, key) {
+                        Ok(response) => Step::Ok(token, response),
+                        Err(e) => Step::Err(token, e),
+                    }
+                }
+                Ok(Claim::Completed { response, .. }) => Step::Answer(Ok(RunOnce::Done(response))),
+                Ok(Claim::InProgress { lease_expires_at }) => {
+                    if let Some(&j) = first.get(key) {
+                        repeats.push((i, j));
+                    }
+                    Step::Answer(Ok(RunOnce::InProgress { lease_expires_at }))
+                }
+                Err(e) => Step::Answer(Err(e)),
+            });
+        }
+        let done: Vec<(&ClaimToken, Option<&[u8]>)> = steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Ok(t, r) => Some((t, Some(r.as_slice()))),
+                _ => None,
+            })
+            .collect();
+        let completed = if done.is_empty() {
+            Vec::new()
+        } else {
+            self.complete_batch(&done, ttl)?
+        };
+        let failed: Vec<&ClaimToken> = steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Err(t, _) => Some(t),
+                _ => None,
+            })
+            .collect();
+        let released = if failed.is_empty() {
+            Vec::new()
+        } else {
+            self.release_batch(&failed)?
+        };
+        let (mut completed, mut released) = (completed.into_iter(), released.into_iter());
+        let mut out = Vec::with_capacity(steps.len());
+        for s in steps {
+            out.push(match s {
+                Step::Answer(a) => a,
+                Step::Ok(_, response) => match completed.next() {
+                    Some(Ok(())) => Ok(RunOnce::Ran(response)),
+                    Some(Err(Error::StaleToken { .. })) => Ok(RunOnce::RanLate(response)),
+                    Some(Err(e)) => Err(e),
+                    None => unreachable!("complete_batch answers every item"),
+                },
+                Step::Err(_, e) => match released.next() {
+                    // Stale: someone took over already; nothing left to release.
+                    Some(Ok(()) | Err(Error::StaleToken { .. })) => Ok(RunOnce::Failed(e)),
+                    Some(Err(store)) => Err(store),
+                    None => unreachable!("release_batch answers every item"),
+                },
+            });
+        }
+        for (i, j) in repeats {
+            if let Ok(RunOnce::Ran(response)) = &out[j] {
+                let stored = (!response.is_empty()).then(|| response.clone());
+                out[i] = Ok(RunOnce::Done(stored));
+            }
+        }
+        Ok(out)
     }
 }

@@ -37,10 +37,12 @@
 //! Claims carry the opening of the live store that made them: a reopen or
 //! crash orphans every claim in progress, and the model expects the next
 //! `claim` (single or batch) of such a key to take it over at once, and
-//! every token of an earlier opening to be stale. To stay cheap, a step that touches single keys
-//! probes those keys; every other step (sync, GC, compaction, clock moves,
-//! reopen, crash, a fired fault, a segment roll), and every
-//! [`FULL_EVERY`]th step, probes all `nkeys` keys.
+//! every token of an earlier opening to be stale (for `complete`, `release`
+//! and `extend`; a successful `extend` moves the lease end to now + lease).
+//! To stay cheap, a step that touches single keys probes those keys; every
+//! other step (sync, GC, compaction, clock moves, reopen, crash, a fired
+//! fault, a segment roll), and every [`FULL_EVERY`]th step, probes all
+//! `nkeys` keys.
 //!
 //! # Faults
 //!
@@ -148,6 +150,12 @@ pub enum Op {
     Release {
         key: u32,
     },
+    /// `extend` the lease of a held key (chosen by `key` as `Complete`
+    /// chooses one) to end `lease_ms` from now.
+    Extend {
+        key: u32,
+        lease_ms: u64,
+    },
     /// `claim_batch` of these keys (repeats allowed), no fingerprints.
     ClaimBatch {
         keys: Vec<u32>,
@@ -234,6 +242,16 @@ pub fn response(k: u32, resp: u8) -> Option<Vec<u8>> {
 
 /// The state a `complete` with `body` makes. An empty response is stored
 /// as none (documented).
+/// How `finish_answer` moves a claim its token owns.
+enum Finish {
+    /// `complete`: to this state.
+    Complete(St),
+    /// `release`: absent.
+    Release,
+    /// `extend`: the lease ends at this time.
+    Extend(u64),
+}
+
 fn completed(body: Option<Vec<u8>>, now: u64, ttl: u64) -> St {
     St::Done {
         resp: body.filter(|b| !b.is_empty()),
@@ -553,6 +571,8 @@ pub struct Summary {
     pub batch_claims: u64,
     pub takeovers: u64,
     pub batch_finishes: u64,
+    /// Leases extended (`extend` succeeded).
+    pub extends: u64,
     /// Injected I/O failures that fired.
     pub faults: u64,
     /// Stores opened on a crash image by the oracle (power loss, torn,
@@ -579,6 +599,7 @@ impl std::ops::AddAssign for Summary {
         self.batch_claims += o.batch_claims;
         self.takeovers += o.takeovers;
         self.batch_finishes += o.batch_finishes;
+        self.extends += o.extends;
         self.faults += o.faults;
         self.oracle_opens += o.oracle_opens;
         self.oracle_keys += o.oracle_keys;
@@ -931,7 +952,7 @@ impl Runner {
                     .complete(&tok, body.as_deref(), Duration::from_millis(ttl));
                 let fired = self.fired(f0);
                 let done = completed(body, now, ttl);
-                self.finish_answer(k, &tok, g, now, Some(done), r, fired)?;
+                self.finish_answer(k, &tok, g, now, Finish::Complete(done), r, fired)?;
             }
             &Op::Release { key: k } => {
                 let Some(k) = pick_held(&self.owners, k) else {
@@ -941,7 +962,34 @@ impl Runner {
                 let (tok, g) = self.owners[&k].clone();
                 let r = self.store().release(&tok);
                 let fired = self.fired(f0);
-                self.finish_answer(k, &tok, g, now, None, r, fired)?;
+                self.finish_answer(k, &tok, g, now, Finish::Release, r, fired)?;
+            }
+            &Op::Extend { key: k, lease_ms } => {
+                let Some(k) = pick_held(&self.owners, k) else {
+                    return Ok(());
+                };
+                self.touched.insert(k);
+                let (tok, g) = self.owners[&k].clone();
+                let lease = lease_ms.clamp(1, 1 << 40);
+                let r = self.store().extend(&tok, Duration::from_millis(lease));
+                let fired = self.fired(f0);
+                let r = match r {
+                    Ok(until) => {
+                        if ms(until) != now + lease {
+                            return Err(self.fail(
+                                "answer",
+                                "extend said a wrong lease end",
+                                format!(
+                                    "key {k}: extend by {lease} ms at {now} said the lease ends at {}",
+                                    ms(until)
+                                ),
+                            ));
+                        }
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                };
+                self.finish_answer(k, &tok, g, now, Finish::Extend(now + lease), r, fired)?;
             }
             Op::FinishBatch {
                 keys,
@@ -982,7 +1030,8 @@ impl Runner {
                         assert_eq!(out.len(), held.len());
                         for ((h, done), a) in held.iter().zip(dones).zip(out) {
                             self.summary.batch_finishes += u64::from(a.is_ok());
-                            self.finish_answer(h.0, &h.1, h.2, now, done, a, fired)?;
+                            let how = done.map_or(Finish::Release, Finish::Complete);
+                            self.finish_answer(h.0, &h.1, h.2, now, how, a, fired)?;
                         }
                     }
                     Err(e) => {
@@ -1295,7 +1344,7 @@ impl Runner {
         tok: &ClaimToken,
         g: u64,
         now: u64,
-        done: Option<St>,
+        how: Finish,
         r: Result<(), Error>,
         fired: bool,
     ) -> Res {
@@ -1303,23 +1352,34 @@ impl Runner {
         // A token of an earlier opening owns nothing.
         let live_tok = g == self.model.gen;
         let owns = move |s: &St| live_tok && s.owned_by(t, g, now);
-        let name = if done.is_some() {
-            "complete"
-        } else {
-            "release"
+        let name = match how {
+            Finish::Complete(_) => "complete",
+            Finish::Release => "release",
+            Finish::Extend(_) => "extend",
         };
-        let next = move |s: &St| match &done {
-            Some(d) => d.clone(),
-            None => St::Absent { rm: s.exp() },
+        let next = move |s: &St| match &how {
+            Finish::Complete(d) => d.clone(),
+            Finish::Release => St::Absent { rm: s.exp() },
+            // The same claim (token, opening), its lease moved.
+            &Finish::Extend(lease) => St::Claimed {
+                lease,
+                tok: Some(t),
+                gen: g,
+            },
         };
         match r {
             Ok(()) => {
                 self.check_not_poisoned(fired, name)?;
                 self.narrow(k, &format!("{name} succeeded"), owns)?;
                 self.model.ack(k, now, &next);
-                self.owners.remove(&k);
-                if name == "complete" {
-                    self.summary.completes += 1;
+                match name {
+                    "complete" => self.summary.completes += 1,
+                    "extend" => self.summary.extends += 1,
+                    _ => {}
+                }
+                // An extended claim is still this token's.
+                if name != "extend" {
+                    self.owners.remove(&k);
                 }
             }
             Err(Error::StaleToken { .. }) => {
@@ -1679,9 +1739,13 @@ pub fn random_ops(rng: &mut fastrand::Rng, steps: usize, nkeys: u32) -> Vec<Op> 
             k
         };
         let op = match rng.u16(..1000) {
-            0..=219 => Op::Insert {
+            0..=204 => Op::Insert {
                 key,
                 ttl_ms: ttl(rng),
+            },
+            205..=219 => Op::Extend {
+                key,
+                lease_ms: rng.u64(1..4_000),
             },
             220..=239 => Op::ClaimBatch {
                 keys: (0..rng.usize(1..8))
@@ -1882,7 +1946,7 @@ pub fn decode_ops(data: &[u8]) -> (Durability, u32, Vec<Op>) {
             1 | 2 => 300 + (x as u64 & 0x7f) * 40,
             _ => 5_000 + (x as u64 & 0x3f) * 900,
         };
-        ops.push(match b % 25 {
+        ops.push(match b % 26 {
             0..=3 => Op::Insert { key, ttl_ms },
             4 => Op::Batch {
                 keys: (0..(x % 8) as u32 + 1)
@@ -1935,6 +1999,10 @@ pub fn decode_ops(data: &[u8]) -> (Durability, u32, Vec<Op>) {
             22 => Op::DamageCheckpoint {
                 how: arg,
                 at: x as u32 * 97,
+            },
+            23 => Op::Extend {
+                key,
+                lease_ms: ttl_ms,
             },
             _ => Op::Fail {
                 kind: arg,

@@ -47,7 +47,7 @@ fn random_sequences_with_crashes_match_the_model() {
     eprintln!(
         "model check: {seeds} sequences, {} steps in {:.1?}: {} crashes, {} reopens, \
          {} injected faults, GC reclaimed {} segments, {} claims, {} completes, \
-         {} batch claims, {} takeovers at open, {} batch completes/releases; \
+         {} batch claims, {} takeovers at open, {} batch completes/releases, {} extends; \
          oracle: {} crash images opened ({} torn), {} key comparisons; \
          checkpoints: {} loaded, {} ignored, {} tampered with",
         total.steps,
@@ -61,6 +61,7 @@ fn random_sequences_with_crashes_match_the_model() {
         total.batch_claims,
         total.takeovers,
         total.batch_finishes,
+        total.extends,
         total.oracle_opens,
         total.torn_opens,
         total.oracle_keys,
@@ -84,6 +85,7 @@ fn random_sequences_with_crashes_match_the_model() {
                 && total.batch_claims > 0
                 && total.takeovers > 0
                 && total.batch_finishes > 0
+                && total.extends > 0
                 && total.faults > seeds
                 // Opens used checkpoints, and ignored tampered ones.
                 && total.checkpoint_loads > seeds
@@ -157,6 +159,7 @@ fn generators_reach_the_dangerous_states() {
         "Fail",
         "ClaimBatch",
         "FinishBatch",
+        "Extend",
     ] {
         assert!(
             ops.iter().any(|op| format!("{op:?}").starts_with(probe)),
