@@ -305,8 +305,15 @@ impl<F: Vfs> Inner<F> {
         if let Some(answer) = answer {
             return Ok(answer);
         }
+        // The token is where the claim record starts: unique, and at least
+        // `opening.start`, so this opening owns it.
+        let (token, end) = self.write_record(log, shard, key, h, lease_end, |token| {
+            Body::Claim { fingerprint, token }
+        })?;
+        debug_assert!(token >= self.opening.start);
         if found {
-            // Only an orphaned claim gets here with the key live.
+            // Only an orphaned claim gets here with the key live. Counted
+            // once its record is written, not when the write failed.
             Counters::add(&self.counters.takeovers, 1);
             crate::counters::trace_event!(
                 info,
@@ -314,12 +321,6 @@ impl<F: Vfs> Inner<F> {
                 "took over a claim orphaned by an earlier opening"
             );
         }
-        // The token is where the claim record starts: unique, and at least
-        // `opening.start`, so this opening owns it.
-        let (token, end) = self.write_record(log, shard, key, h, lease_end, |token| {
-            Body::Claim { fingerprint, token }
-        })?;
-        debug_assert!(token >= self.opening.start);
         Ok((
             Ok(Claim::Acquired(ClaimToken {
                 key: key.to_vec(),

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::claim::{Claim, ClaimToken};
 use crate::error::{Error, Result};
+use crate::limits::MAX_RESPONSE_LEN;
 use crate::store::Store;
 use crate::vfs::Vfs;
 
@@ -31,9 +32,31 @@ pub enum RunOnce<E> {
     Failed(E),
     /// The closure ran, but its lease had ended before the response could
     /// be stored: another caller may have taken the key over and run it
-    /// too. Choose a lease longer than the closure can take (or extend it
-    /// from inside with [`Store::extend`]).
+    /// too. Choose a lease longer than the closure can take (the closure
+    /// gets no token, so for work of unknown length use [`Store::claim`],
+    /// [`Store::extend`] and [`Store::complete`] directly).
     RanLate(Vec<u8>),
+    /// The closure ran now and the key is recorded as done, but its
+    /// response was longer than [`MAX_RESPONSE_LEN`](crate::MAX_RESPONSE_LEN)
+    /// and is not stored: duplicates get `Done(None)`. (Failing instead
+    /// would leave the key in progress with no trace that the effect ran,
+    /// so it would run again once the lease ends.)
+    RanNotStored(Vec<u8>),
+}
+
+/// The response to store for a closure's result: none if it is too long to
+/// store (see [`RunOnce::RanNotStored`]).
+fn storable(response: &[u8]) -> Option<&[u8]> {
+    (response.len() <= MAX_RESPONSE_LEN).then_some(response)
+}
+
+/// The answer for a closure that ran and whose completion was written.
+fn ran<E>(response: Vec<u8>) -> RunOnce<E> {
+    if storable(&response).is_some() {
+        RunOnce::Ran(response)
+    } else {
+        RunOnce::RanNotStored(response)
+    }
 }
 
 impl<F: Vfs> Store<F> {
@@ -45,6 +68,10 @@ impl<F: Vfs> Store<F> {
     /// mismatch) are the outer `Err`; if releasing after a failed effect
     /// fails too, the claim stays until its lease ends (or the next opening
     /// takes it over) and the store's error is returned.
+    ///
+    /// If `effect` panics, the panic propagates and the claim stays in
+    /// progress until its lease ends (or the next opening takes it over):
+    /// nobody in this opening runs the key again before that.
     pub fn run_once<E>(
         &self,
         key: impl AsRef<[u8]>,
@@ -61,8 +88,8 @@ impl<F: Vfs> Store<F> {
             }
         };
         match effect() {
-            Ok(response) => match self.complete(&token, Some(&response), ttl) {
-                Ok(()) => Ok(RunOnce::Ran(response)),
+            Ok(response) => match self.complete(&token, storable(&response), ttl) {
+                Ok(()) => Ok(ran(response)),
                 Err(Error::StaleToken { .. }) => Ok(RunOnce::RanLate(response)),
                 Err(e) => Err(e),
             },
@@ -141,7 +168,7 @@ impl<F: Vfs> Store<F> {
         let done: Vec<(&ClaimToken, Option<&[u8]>)> = steps
             .iter()
             .filter_map(|s| match s {
-                Step::Ok(t, r) => Some((t, Some(r.as_slice()))),
+                Step::Ok(t, r) => Some((t, storable(r))),
                 _ => None,
             })
             .collect();
@@ -168,7 +195,7 @@ impl<F: Vfs> Store<F> {
             out.push(match s {
                 Step::Answer(a) => a,
                 Step::Ok(_, response) => match completed.next() {
-                    Some(Ok(())) => Ok(RunOnce::Ran(response)),
+                    Some(Ok(())) => Ok(ran(response)),
                     Some(Err(Error::StaleToken { .. })) => Ok(RunOnce::RanLate(response)),
                     Some(Err(e)) => Err(e),
                     None => unreachable!("complete_batch answers every item"),
@@ -182,9 +209,13 @@ impl<F: Vfs> Store<F> {
             });
         }
         for (i, j) in repeats {
-            if let Ok(RunOnce::Ran(response)) = &out[j] {
-                let stored = (!response.is_empty()).then(|| response.clone());
-                out[i] = Ok(RunOnce::Done(stored));
+            match &out[j] {
+                Ok(RunOnce::Ran(response)) => {
+                    let stored = (!response.is_empty()).then(|| response.clone());
+                    out[i] = Ok(RunOnce::Done(stored));
+                }
+                Ok(RunOnce::RanNotStored(_)) => out[i] = Ok(RunOnce::Done(None)),
+                _ => {}
             }
         }
         Ok(out)
