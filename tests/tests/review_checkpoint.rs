@@ -76,7 +76,7 @@ fn a_checkpoint_from_a_diverged_copy_of_the_same_store_changes_answers() {
     let s = open(&a, &clock, Durability::None);
     for i in 0..200 {
         assert!(s
-            .check_and_insert(&k16('c', i), HOUR)
+            .check_and_insert(k16('c', i), HOUR)
             .unwrap()
             .is_inserted());
     }
@@ -91,15 +91,15 @@ fn a_checkpoint_from_a_diverged_copy_of_the_same_store_changes_answers() {
         open(&b, &clock, Durability::Immediate),
     );
     for i in 0..50 {
-        assert!(sa.remove(&k16('c', i)).unwrap());
+        assert!(sa.remove(k16('c', i)).unwrap());
         assert!(sa
-            .check_and_insert(&k16('a', i), HOUR)
+            .check_and_insert(k16('a', i), HOUR)
             .unwrap()
             .is_inserted());
     }
     for i in 0..100 {
         assert!(sb
-            .check_and_insert(&k16('b', i), HOUR)
+            .check_and_insert(k16('b', i), HOUR)
             .unwrap()
             .is_inserted());
     }
@@ -107,11 +107,11 @@ fn a_checkpoint_from_a_diverged_copy_of_the_same_store_changes_answers() {
     // window lies entirely in it.
     for i in 0..200 {
         assert!(sa
-            .check_and_insert(&k16('t', i), HOUR)
+            .check_and_insert(k16('t', i), HOUR)
             .unwrap()
             .is_inserted());
         assert!(sb
-            .check_and_insert(&k16('t', i), HOUR)
+            .check_and_insert(k16('t', i), HOUR)
             .unwrap()
             .is_inserted());
     }
@@ -132,11 +132,11 @@ fn a_checkpoint_from_a_diverged_copy_of_the_same_store_changes_answers() {
     );
     for i in 0..50 {
         assert!(
-            !s.contains(&k16('c', i)).unwrap(),
+            !s.contains(k16('c', i)).unwrap(),
             "phantom duplicate: key c{i} was removed in this store {why}"
         );
         assert!(
-            s.contains(&k16('a', i)).unwrap(),
+            s.contains(k16('a', i)).unwrap(),
             "acknowledged insert a{i} lost {why}"
         );
     }
@@ -164,7 +164,7 @@ fn a_stale_clean_checkpoint_skips_redirty_and_a_zeroed_torn_tail_comes_back() {
         let s = open(&fs, &clock, Durability::None);
         for i in 0..100 {
             assert!(s
-                .check_and_insert(&k16('c', i), HOUR)
+                .check_and_insert(k16('c', i), HOUR)
                 .unwrap()
                 .is_inserted());
         }
@@ -178,7 +178,7 @@ fn a_stale_clean_checkpoint_skips_redirty_and_a_zeroed_torn_tail_comes_back() {
         let s = open(&fs, &clock, Durability::None);
         for i in 0..400 {
             assert!(s
-                .check_and_insert(&k16('r', i), HOUR)
+                .check_and_insert(k16('r', i), HOUR)
                 .unwrap()
                 .is_inserted());
         }
@@ -231,7 +231,7 @@ fn a_stale_clean_checkpoint_skips_redirty_and_a_zeroed_torn_tail_comes_back() {
             // Acknowledged (synced) inserts up to exactly page `p`.
             for i in 0..u32::try_from((p - e) / REC).unwrap() {
                 assert!(s
-                    .check_and_insert(&k16('n', i), HOUR)
+                    .check_and_insert(k16('n', i), HOUR)
                     .unwrap()
                     .is_inserted());
             }
@@ -239,7 +239,7 @@ fn a_stale_clean_checkpoint_skips_redirty_and_a_zeroed_torn_tail_comes_back() {
             drop(s);
             let s = open(&img5, &clock, Durability::Immediate);
             for i in 0..u32::try_from((p - e) / REC).unwrap() {
-                assert!(s.contains(&k16('n', i)).unwrap(), "acknowledged n{i} lost");
+                assert!(s.contains(k16('n', i)).unwrap(), "acknowledged n{i} lost");
             }
             assert!(
                 !s.contains(&stale_key).unwrap(),
@@ -280,14 +280,14 @@ fn a_bit_flip_in_a_covered_removal_revives_the_removed_key() {
     let s = open(&fs, &clock, Durability::None);
     for i in 0..500 {
         assert!(s
-            .check_and_insert(&k16('c', i), HOUR)
+            .check_and_insert(k16('c', i), HOUR)
             .unwrap()
             .is_inserted());
     }
-    assert!(s.remove(&k16('c', 250)).unwrap());
+    assert!(s.remove(k16('c', 250)).unwrap());
     for i in 0..500 {
         assert!(s
-            .check_and_insert(&k16('t', i), HOUR)
+            .check_and_insert(k16('t', i), HOUR)
             .unwrap()
             .is_inserted());
     }
@@ -302,7 +302,7 @@ fn a_bit_flip_in_a_covered_removal_revives_the_removed_key() {
 
     let s = open(&fs, &clock, Durability::None);
     assert!(s.stats().checkpoint_entries > 0, "{:?}", s.stats());
-    let answer = s.contains(&k16('c', 250));
+    let answer = s.contains(k16('c', 250));
     assert!(
         !matches!(answer, Ok(true)),
         "a removed ID answers present after one bit flipped in its removal \
@@ -329,7 +329,7 @@ fn an_out_of_range_entry_offset_in_a_checkpoint_panics_a_lookup() {
     let s = open(&fs, &clock, Durability::None);
     for i in 0..100 {
         assert!(s
-            .check_and_insert(&k16('c', i), HOUR)
+            .check_and_insert(k16('c', i), HOUR)
             .unwrap()
             .is_inserted());
     }
@@ -394,7 +394,7 @@ fn a_checkpoint_row_with_a_wrong_horizon_makes_gc_delete_live_keys() {
     let mut n = 0;
     while segments(&fs).len() < 3 {
         assert!(s
-            .check_and_insert(&k16('c', n), HOUR)
+            .check_and_insert(k16('c', n), HOUR)
             .unwrap()
             .is_inserted());
         n += 1;
@@ -414,7 +414,7 @@ fn a_checkpoint_row_with_a_wrong_horizon_makes_gc_delete_live_keys() {
     let st = s.stats();
     let _ = s.gc_now();
     let lost = (0..n)
-        .filter(|&i| !s.contains(&k16('c', i)).unwrap())
+        .filter(|&i| !s.contains(k16('c', i)).unwrap())
         .count();
     assert_eq!(
         lost, 0,
