@@ -75,10 +75,7 @@ fn a_checkpoint_from_a_diverged_copy_of_the_same_store_changes_answers() {
     // lies entirely in it.
     let s = open(&a, &clock, Durability::None);
     for i in 0..200 {
-        assert!(s
-            .check_and_insert(k16('c', i), HOUR)
-            .unwrap()
-            .is_inserted());
+        assert!(s.check_and_insert(k16('c', i), HOUR).unwrap().is_inserted());
     }
     s.close().unwrap();
     // A copy of the store directory (same store id), e.g. a backup restored
@@ -163,10 +160,7 @@ fn a_stale_clean_checkpoint_skips_redirty_and_a_zeroed_torn_tail_comes_back() {
         let fs = SimFs::with_seed(seed);
         let s = open(&fs, &clock, Durability::None);
         for i in 0..100 {
-            assert!(s
-                .check_and_insert(k16('c', i), HOUR)
-                .unwrap()
-                .is_inserted());
+            assert!(s.check_and_insert(k16('c', i), HOUR).unwrap().is_inserted());
         }
         s.close().unwrap();
         let seg = only_segment(&fs);
@@ -177,10 +171,7 @@ fn a_stale_clean_checkpoint_skips_redirty_and_a_zeroed_torn_tail_comes_back() {
         // at a page boundary, made it to disk.
         let s = open(&fs, &clock, Durability::None);
         for i in 0..400 {
-            assert!(s
-                .check_and_insert(k16('r', i), HOUR)
-                .unwrap()
-                .is_inserted());
+            assert!(s.check_and_insert(k16('r', i), HOUR).unwrap().is_inserted());
         }
         let live2 = fs.read_file(&seg).unwrap();
         let torn = fs.crash(CrashMode::Torn(seed));
@@ -230,10 +221,7 @@ fn a_stale_clean_checkpoint_skips_redirty_and_a_zeroed_torn_tail_comes_back() {
             );
             // Acknowledged (synced) inserts up to exactly page `p`.
             for i in 0..u32::try_from((p - e) / REC).unwrap() {
-                assert!(s
-                    .check_and_insert(k16('n', i), HOUR)
-                    .unwrap()
-                    .is_inserted());
+                assert!(s.check_and_insert(k16('n', i), HOUR).unwrap().is_inserted());
             }
             let img5 = fs4.crash(CrashMode::DropUnsynced);
             drop(s);
@@ -279,17 +267,11 @@ fn a_bit_flip_in_a_covered_removal_revives_the_removed_key() {
     let fs = SimFs::with_seed(5);
     let s = open(&fs, &clock, Durability::None);
     for i in 0..500 {
-        assert!(s
-            .check_and_insert(k16('c', i), HOUR)
-            .unwrap()
-            .is_inserted());
+        assert!(s.check_and_insert(k16('c', i), HOUR).unwrap().is_inserted());
     }
     assert!(s.remove(k16('c', 250)).unwrap());
     for i in 0..500 {
-        assert!(s
-            .check_and_insert(k16('t', i), HOUR)
-            .unwrap()
-            .is_inserted());
+        assert!(s.check_and_insert(k16('t', i), HOUR).unwrap().is_inserted());
     }
     s.close().unwrap();
     let seg = only_segment(&fs);
@@ -328,10 +310,7 @@ fn an_out_of_range_entry_offset_in_a_checkpoint_panics_a_lookup() {
     let fs = SimFs::with_seed(6);
     let s = open(&fs, &clock, Durability::None);
     for i in 0..100 {
-        assert!(s
-            .check_and_insert(k16('c', i), HOUR)
-            .unwrap()
-            .is_inserted());
+        assert!(s.check_and_insert(k16('c', i), HOUR).unwrap().is_inserted());
     }
     s.close().unwrap();
     let victim = k16('c', 7);
@@ -393,10 +372,7 @@ fn a_checkpoint_row_with_a_wrong_horizon_makes_gc_delete_live_keys() {
     let s = open(&fs, &clock, Durability::Immediate);
     let mut n = 0;
     while segments(&fs).len() < 3 {
-        assert!(s
-            .check_and_insert(k16('c', n), HOUR)
-            .unwrap()
-            .is_inserted());
+        assert!(s.check_and_insert(k16('c', n), HOUR).unwrap().is_inserted());
         n += 1;
     }
     s.close().unwrap();
