@@ -34,8 +34,16 @@
 //!   read every byte to find what to keep.
 //!
 //! What it gives up: open no longer reads the records a checkpoint covers,
-//! so damage inside them is found later (a lookup that reads a damaged
-//! record answers `Error::Corruption`, see `Inner::answer_at`), not at open.
+//! so damage inside them is found later, not at open: every lookup checks
+//! the checksum of each record it reads through the index and reports a
+//! damaged one as `Error::Corruption` instead of answering
+//! (`log::Segs::entry_is_key`, `log::checked_at`). And every entry is
+//! checked to point inside the covered log before any is used (`in_range`).
+//!
+//! What it does not establish (outside the fault model, documented in
+//! docs/FORMAT.md): a file written on purpose with valid checksums over
+//! wrong contents is trusted; and two diverged copies of one store can
+//! pass each other's fingerprints.
 
 use std::path::Path;
 use std::sync::Arc;
