@@ -29,7 +29,7 @@ use crate::counters::Counters;
 use crate::error::{Error, Result};
 use crate::index::{hash_key, shard_of, tag_of, Entry, Shard};
 use crate::limits::{check_key, check_ttl, expiry};
-use crate::log::{entry_is_key, record_at, Appender, Lsn};
+use crate::log::{checked_at, entry_is_key, Appender, Damage, Lsn};
 use crate::record::{self, Body, Decoded, MAX_RESPONSE_LEN};
 use crate::store::{shard_order, Inner, Store};
 use crate::vfs::Vfs;
@@ -173,15 +173,25 @@ fn check_fingerprint(stored: Option<u64>, given: Option<u64>) -> Result<()> {
 }
 
 impl<F: Vfs> Inner<F> {
-    /// The key's latest record, expired or not.
-    fn current(&self, shard: &Shard, key: &[u8], h: u64) -> Option<(Entry, Current)> {
-        let e = shard.find(tag_of(h), |e| entry_is_key(&self.table, e, key))?;
+    /// The key's latest record, expired or not; `Error::Corruption` if it
+    /// (or another record the probe read) is damaged.
+    fn current(&self, shard: &Shard, key: &[u8], h: u64) -> Result<Option<(Entry, Current)>> {
+        let damage = Damage::default();
+        let found = shard.find(tag_of(h), |e| entry_is_key(&self.table, e, key, &damage));
+        damage.check()?;
+        let Some(e) = found else {
+            return Ok(None);
+        };
         self.table
             .with(e.seg, |s| {
-                let rec = record_at(s, e.off);
+                let rec = checked_at(s, e.off)?;
                 let end = crate::log::lsn(e.seg, e.off as usize + rec.len());
                 let Decoded::Record(r, _) = record::decode(rec) else {
-                    return None;
+                    return Err(Error::Corruption {
+                        file: s.path.clone(),
+                        offset: u64::from(e.off),
+                        reason: "invalid record on lookup",
+                    });
                 };
                 let state = match r.body {
                     Body::Remove => State::Removed,
@@ -195,16 +205,17 @@ impl<F: Vfs> Inner<F> {
                     },
                     _ => State::Plain,
                 };
-                Some((
+                Ok(Some((
                     e,
                     Current {
                         state,
                         expires_at: r.expires_at,
                         end,
                     },
-                ))
+                )))
             })
-            .flatten()
+            .transpose()
+            .map(Option::flatten)
     }
 
     /// Checks that `token` still owns its key: it was issued by this
@@ -218,12 +229,12 @@ impl<F: Vfs> Inner<F> {
         token: &ClaimToken,
         h: u64,
         now: u64,
-    ) -> std::result::Result<(Option<u64>, u64), Lsn> {
+    ) -> Result<std::result::Result<(Option<u64>, u64), Lsn>> {
         if token.opening != self.opening.nonce {
             // Another store's or an earlier opening's: owns nothing here.
-            return Err(0);
+            return Ok(Err(0));
         }
-        let current = self.current(shard, &token.key, h);
+        let current = self.current(shard, &token.key, h)?;
         let need = current.as_ref().map_or(0, |(_, c)| c.end);
         match current {
             Some((
@@ -237,12 +248,12 @@ impl<F: Vfs> Inner<F> {
                     expires_at,
                     ..
                 },
-            )) if t == token.id && expires_at > now => Ok((fingerprint, expires_at)),
+            )) if t == token.id && expires_at > now => Ok(Ok((fingerprint, expires_at))),
             // Invariant (fencing): once the lease ended, or anyone else
             // claimed, completed, released or removed the key, an old token
             // changes nothing. (Not "until someone takes over": GC and
             // recovery forget expired claims, so that would depend on timing.)
-            _ => Err(need),
+            _ => Ok(Err(need)),
         }
     }
 
@@ -262,7 +273,7 @@ impl<F: Vfs> Inner<F> {
         fingerprint: Option<u64>,
     ) -> Result<(Result<Claim>, Lsn)> {
         let live = self
-            .current(shard, key, h)
+            .current(shard, key, h)?
             .filter(|(_, c)| !matches!(c.state, State::Removed) && c.expires_at > now);
         let found = live.is_some();
         let answer = match live {
@@ -370,7 +381,7 @@ impl<F: Vfs> Inner<F> {
         now: u64,
         step: impl FnOnce(Option<u64>, u64) -> (u64, Body<'a>),
     ) -> Result<(Result<()>, Lsn)> {
-        match self.owned(shard, token, h, now) {
+        match self.owned(shard, token, h, now)? {
             Ok((fingerprint, lease_end)) => {
                 let (expires_at, body) = step(fingerprint, lease_end);
                 let (_, end) =
@@ -668,7 +679,7 @@ impl<F: Vfs> Store<F> {
         let h = hash_key(key);
         let (state, need) = {
             let shard = inner.index.lock(shard_of(h));
-            match inner.current(&shard, key, h) {
+            match inner.current(&shard, key, h)? {
                 None => (KeyState::Absent, 0),
                 Some((_, c)) if c.expires_at <= now => (KeyState::Absent, c.end),
                 Some((_, c)) => {

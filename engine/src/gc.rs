@@ -38,7 +38,7 @@ use std::time::Instant;
 use crate::config::Checkpoints;
 use crate::error::{io_err, Error, Result};
 use crate::index::{hash_key, shard_of, tag_of, Entry, SHARDS};
-use crate::log::{entry_is_key, lsn};
+use crate::log::lsn;
 use crate::record::{self, Decoded};
 use crate::segment::{Segment, HEADER_LEN};
 use crate::store::Inner;
@@ -198,10 +198,12 @@ impl<F: Vfs> Inner<F> {
             let is_here = |e: &Entry| e.seg == seg.id && e.off as usize == off;
             // Only the record the index points at can be needed (any other
             // is superseded by a later record whose horizon covers it), and
-            // only until its horizon.
+            // only until its horizon. An entry pointing here is this key's
+            // (found by location: no other record is read, so a damaged one
+            // elsewhere cannot hide it).
             let needed = shard
-                .find(tag_of(h), |e| entry_is_key(&self.table, e, rec.key))
-                .filter(|e| is_here(e) && !e.past_horizon(now));
+                .find(tag_of(h), is_here)
+                .filter(|e| !e.past_horizon(now));
             if let Some(cur) = needed {
                 let raw = seg.read(off, len);
                 let (new_seg, new_off, _) =

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::format::{le, rec};
 use crate::index::Entry;
 use crate::poison::Poison;
@@ -55,10 +55,19 @@ impl<F: Vfs> Segs<'_, F> {
         }
     }
 
-    /// The record `e` points at, if its segment is open.
+    /// The record `e` points at, if its segment is open. Not checked: only
+    /// for an entry a probe through [`Segs::entry_is_key`] found, which
+    /// checked its record's checksum.
     #[inline]
     pub fn record(&self, e: &Entry) -> Option<&[u8]> {
         self.get(e.seg).map(|s| record_at(s, e.off))
+    }
+
+    /// The record `e` points at, if its segment is open, its checksum
+    /// checked: `Error::Corruption` if the record is damaged.
+    #[inline]
+    pub fn checked_record(&self, e: &Entry) -> Result<Option<&[u8]>> {
+        self.get(e.seg).map(|s| checked_at(s, e.off)).transpose()
     }
 
     /// Starts fetching the first bytes of the record `e` points at into the
@@ -70,11 +79,42 @@ impl<F: Vfs> Segs<'_, F> {
         }
     }
 
-    /// Does the key stored at `e` equal `key`? False if its segment is gone.
+    /// For a probe of the index (a tag match): does the key stored at `e`
+    /// equal `key`? False if its segment is gone.
+    ///
+    /// Invariant: no answer relies on a damaged record. The record's
+    /// checksum is checked here (only on a tag match, so a miss costs
+    /// nothing): a damaged record (a segment an index checkpoint covers is
+    /// not re-read at open) stops the probe (`true`) and is put in
+    /// `damage`, which the caller returns after the probe
+    /// ([`Damage::check`]) instead of answering.
     #[inline]
-    pub fn entry_is_key(&self, e: &Entry, key: &[u8]) -> bool {
-        self.get(e.seg)
-            .is_some_and(|s| key_of(record_at(s, e.off)) == key)
+    pub fn entry_is_key(&self, e: &Entry, key: &[u8], damage: &Damage) -> bool {
+        let Some(s) = self.get(e.seg) else {
+            return false;
+        };
+        match checked_at(s, e.off) {
+            Ok(rec) => key_of(rec) == key,
+            Err(err) => {
+                damage.0.set(Some(err));
+                true
+            }
+        }
+    }
+}
+
+/// A damaged record an index probe met (see [`Segs::entry_is_key`]).
+#[derive(Default)]
+pub struct Damage(std::cell::Cell<Option<Error>>);
+
+impl Damage {
+    /// `Error::Corruption` if the probe met a damaged record.
+    #[inline]
+    pub fn check(&self) -> Result<()> {
+        match self.0.take() {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
     }
 }
 
@@ -149,19 +189,25 @@ impl<F: Vfs> SegmentTable<F> {
 }
 
 /// The record at `off` in `seg`. Only called with locations taken from the
-/// index, which point at published, checksummed records.
+/// index, which point at published, checksummed records (but a checkpoint's
+/// entries are checked for range only, and a record may be damaged after
+/// open checked it: [`checked_at`] checks it).
 ///
 /// Reads only the record's own bytes (its header first, then for a complete
 /// record its response length), never past its end: the bytes after it may
 /// belong to a record being written by the log writer at this moment.
+/// Never panics: an offset out of the segment gives an empty record.
 pub fn record_at<F: Vfs>(seg: &Segment<F>, off: u32) -> &[u8] {
     let off = off as usize;
-    let head = seg.read(off, record::RECORD_HEADER_LEN);
-    let k = record::RECORD_HEADER_LEN + record::key_len_of(head);
     // Never past the segment's end, even if the record was damaged after
     // open last checked it (a segment an index checkpoint covers is not
     // re-read at open): a damaged length must not make a lookup panic.
-    let room = seg.capacity() - off;
+    let room = seg.capacity().saturating_sub(off);
+    if room < record::RECORD_HEADER_LEN {
+        return &[];
+    }
+    let head = seg.read(off, record::RECORD_HEADER_LEN);
+    let k = record::RECORD_HEADER_LEN + record::key_len_of(head);
     let len = match record::kind_byte_of(head) {
         record::KIND_COMPLETE if k + rec::BODY_RESPONSE <= room => {
             let n = seg.read(off + k + rec::BODY_RESPONSE_LEN, 4);
@@ -175,9 +221,34 @@ pub fn record_at<F: Vfs>(seg: &Segment<F>, off: u32) -> &[u8] {
     seg.read(off, len.min(room))
 }
 
-/// Does the key stored at `e` equal `key`?
-pub fn entry_is_key<F: Vfs>(table: &SegmentTable<F>, e: &Entry, key: &[u8]) -> bool {
-    table.read().entry_is_key(e, key)
+/// [`record_at`], its checksum checked (bytes 0..4 are the CRC-32 of the
+/// rest, docs/FORMAT.md): `Error::Corruption` if it does not match.
+pub fn checked_at<F: Vfs>(seg: &Segment<F>, off: u32) -> Result<&[u8]> {
+    let rec = record_at(seg, off);
+    match rec.get(rec::KIND..) {
+        Some(body)
+            if rec.len() > record::RECORD_HEADER_LEN
+                && crc32fast::hash(body) == le::u32_at(rec, rec::CRC) =>
+        {
+            Ok(rec)
+        }
+        _ => Err(Error::Corruption {
+            file: seg.path.clone(),
+            offset: u64::from(off),
+            reason: "record checksum mismatch on lookup",
+        }),
+    }
+}
+
+/// Does the key stored at `e` equal `key`? For a probe: see
+/// [`Segs::entry_is_key`].
+pub fn entry_is_key<F: Vfs>(
+    table: &SegmentTable<F>,
+    e: &Entry,
+    key: &[u8],
+    damage: &Damage,
+) -> bool {
+    table.read().entry_is_key(e, key, damage)
 }
 
 /// The key of a record returned by `record_at`.

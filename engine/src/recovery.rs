@@ -10,7 +10,7 @@ use crate::checkpoint::{self, Written};
 use crate::config::{Checkpoints, Config, RecoveryMode};
 use crate::error::{io_err, Error, Result};
 use crate::index::{hash_key, keep_secs, shard_of, tag_of, Entry, Index, SHARDS};
-use crate::log::{entry_is_key, key_of, record_at, SegmentTable};
+use crate::log::{entry_is_key, key_of, record_at, Damage, SegmentTable};
 use crate::poison::Poison;
 use crate::record::{self, Decoded, Record};
 use crate::segment::{self, Segment, HEADER_LEN};
@@ -72,7 +72,7 @@ fn apply_segment<F: Vfs>(
     recs: &[Pending],
     sorted: &mut Vec<Pending>,
     now: u64,
-) {
+) -> Result<()> {
     let mut starts = vec![0usize; SHARDS + 1];
     for r in recs {
         starts[shard_of(r.hash) + 1] += 1;
@@ -103,9 +103,14 @@ fn apply_segment<F: Vfs>(
             // The key is read from the log only on a tag match (rare): the
             // records are visited in shard order, so reading it for every
             // record would be a cache miss each.
-            let is_key = |e: &Entry| entry_is_key(table, e, key_of(record_at(seg, r.off)));
+            // A record an entry loaded from the checkpoint points at was not
+            // read by this open: a damaged one fails it (`Damage`), as a
+            // full replay would.
+            let damage = Damage::default();
+            let is_key = |e: &Entry| entry_is_key(table, e, key_of(record_at(seg, r.off)), &damage);
             let tag = tag_of(r.hash);
             let prev = shard.find(tag, is_key).map_or(0, |e| e.horizon_ms());
+            damage.check()?;
             let horizon = r.expires_at.max(prev);
             seg.note_record(horizon);
             if horizon > now {
@@ -123,6 +128,7 @@ fn apply_segment<F: Vfs>(
             }
         }
     }
+    Ok(())
 }
 
 pub fn recover<F: Vfs>(
@@ -215,8 +221,13 @@ pub fn recover<F: Vfs>(
     let mut used = None;
     if let Some(c) = ckpt.take() {
         let checked = checkpoint::validate(&c, store_id, &opened, now).and_then(|()| {
-            let exists = |id: u32| ids.binary_search(&id).is_ok();
-            checkpoint::load(&c, index, now, &exists)
+            let capacity = |id: u32| {
+                opened
+                    .iter()
+                    .find(|(s, _)| s.id == id)
+                    .map(|(s, _)| s.capacity())
+            };
+            checkpoint::load(&c, index, now, &capacity)
         });
         match checked {
             Ok(n) => {
@@ -317,7 +328,7 @@ pub fn recover<F: Vfs>(
                 let per_record = (end.saturating_sub(start_of(seg.id)) / recs.len()).max(1) as u64;
                 index.reserve_total(usize::try_from(logged / per_record).unwrap_or(0));
             }
-            apply_segment(index, table, seg, &recs, &mut sorted, now);
+            apply_segment(index, table, seg, &recs, &mut sorted, now)?;
             if seg.id == newest {
                 active = Some((seg.clone(), end));
             }

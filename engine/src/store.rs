@@ -16,7 +16,7 @@ use crate::error::{io_err, Error, Result};
 use crate::gc::{GcCounters, GcReport};
 use crate::index::{hash_key, keep_secs, shard_of, tag_of, Entry, Index, Shard, SHARDS};
 use crate::limits::{check_key, check_ttl, expiry};
-use crate::log::{entry_is_key, key_of, lsn, Appender, Log, Lsn, SegmentTable};
+use crate::log::{entry_is_key, lsn, Appender, Damage, Log, Lsn, SegmentTable};
 use crate::poison::Poison;
 use crate::record::{self, Body, Kind};
 use crate::recovery::{self, RecoveryStats};
@@ -334,7 +334,10 @@ impl<F: Vfs> Store<F> {
             // The segment table is read-locked only if a tag matches: a
             // miss touches neither it nor the log.
             let mut segs = inner.table.lazy();
-            let Some(e) = shard.find(tag_of(h), |e| segs.get().entry_is_key(e, key)) else {
+            let damage = Damage::default();
+            let found = shard.find(tag_of(h), |e| segs.get().entry_is_key(e, key, &damage));
+            damage.check()?;
+            let Some(e) = found else {
                 return Ok(false);
             };
             match segs.get().record(&e) {
@@ -403,8 +406,9 @@ impl<F: Vfs> Store<F> {
             }
             for (i, c) in cands.iter_mut().enumerate() {
                 let Candidate::One(e) = *c else { continue };
-                match segs.record(&e) {
-                    Some(rec) if key_of(rec) == keys[i].as_ref() => {
+                // Not probed: the record's checksum is checked here.
+                match segs.checked_record(&e)? {
+                    Some(rec) if crate::log::key_of(rec) == keys[i].as_ref() => {
                         let (live, n) = answer_of(&e, rec, now);
                         answers[i] = live.is_some();
                         need = need.max(n);
@@ -435,11 +439,14 @@ impl<F: Vfs> Store<F> {
         let h = hash_key(key);
         let need = {
             let mut shard = inner.index.lock(shard_of(h));
-            let is_key = |e: &Entry| entry_is_key(&inner.table, e, key);
-            let Some(e) = shard.find(tag_of(h), is_key) else {
+            let damage = Damage::default();
+            let is_key = |e: &Entry| entry_is_key(&inner.table, e, key, &damage);
+            let found = shard.find(tag_of(h), is_key);
+            damage.check()?;
+            let Some(e) = found else {
                 return Ok(false);
             };
-            let (live, need) = inner.answer_at(&e, now);
+            let (live, need) = inner.answer_at(&e, now)?;
             let Some(live) = live else {
                 // Absent: the answer relies on the entry's record.
                 drop(shard);
@@ -736,19 +743,21 @@ impl<F: Vfs> Inner<F> {
     /// What the record an entry points at says at `now` (`Some` if it
     /// makes the key present), and the end LSN of that record: what must be
     /// durable before either answer is given.
-    fn answer_at(&self, e: &Entry, now: u64) -> (Option<Live>, Lsn) {
+    /// `Error::Corruption` if that record is damaged.
+    fn answer_at(&self, e: &Entry, now: u64) -> Result<(Option<Live>, Lsn)> {
         let segs = self.table.read();
-        match segs.record(e) {
+        Ok(match segs.checked_record(e)? {
             Some(rec) => answer_of(e, rec, now),
             // Its segment is gone: deleted by GC once nothing in it mattered.
             None => (None, 0),
-        }
+        })
     }
 
     /// What the record an entry points at says at `now`, if it makes its
-    /// key present.
+    /// key present (a damaged record counts as absent: only `stats` uses
+    /// this, and it must not fail).
     fn live_at(&self, e: &Entry, now: u64) -> Option<Live> {
-        self.answer_at(e, now).0
+        self.answer_at(e, now).ok().and_then(|(live, _)| live)
     }
 
     /// The body of check-and-insert, with the key's shard locked. Returns the
@@ -768,7 +777,9 @@ impl<F: Vfs> Inner<F> {
         // on a tag match, for the key check and the answer, and released
         // before the append (a roll takes it for writing under the log lock).
         let mut segs = self.table.lazy();
-        let slot = shard.entry(tag, |e| segs.get().entry_is_key(e, key));
+        let damage = Damage::default();
+        let slot = shard.entry(tag, |e| segs.get().entry_is_key(e, key, &damage));
+        damage.check()?;
         let mut shadowed = 0;
         if let hashbrown::hash_table::Entry::Occupied(o) = &slot {
             let e = *o.get();
@@ -854,8 +865,10 @@ impl<F: Vfs> Inner<F> {
                 &mut own
             }
         };
-        let is_key = |e: &Entry| entry_is_key(&self.table, e, key);
+        let damage = Damage::default();
+        let is_key = |e: &Entry| entry_is_key(&self.table, e, key, &damage);
         let prev = shard.find(tag_of(h), is_key);
+        damage.check()?;
         let horizon = horizon_after(prev.map_or(0, |e| e.horizon_ms()), expires_at);
         let start = log.next_lsn(&self.table, record::body_len(key.len(), &body(0)))?;
         let body = body(start);

@@ -469,11 +469,12 @@ fn the_background_writer_checkpoints_after_seals_without_a_close() {
 }
 
 #[test]
-fn damage_to_a_covered_record_is_not_found_at_open_and_does_not_panic_a_lookup() {
+fn damage_to_a_covered_record_is_not_found_at_open_and_a_lookup_reports_it() {
     // The documented trade-off: open does not re-read what the checkpoint
     // covers. A record damaged afterwards (its key length set past the end
-    // of the segment) must not make a lookup panic; open without the
-    // checkpoint still reports the damage.
+    // of the segment) must not make a lookup panic or answer: the lookup
+    // reports `Error::Corruption`; open without the checkpoint still
+    // reports the damage.
     let (fs, clock) = populated(6000);
     let first = format!("/db/{}", segments(&fs)[0]);
     let mut seg = fs.read_file(Path::new(&first)).unwrap();
@@ -486,13 +487,99 @@ fn damage_to_a_covered_record_is_not_found_at_open_and_does_not_panic_a_lookup()
     fs.write_file(Path::new(&first), &seg);
     let s = open(&fs.crash(CrashMode::Kill), &clock);
     assert!(s.stats().checkpoint_entries > 0);
-    // The damaged key no longer matches: absent, not a panic.
-    assert!(!s.contains(key(901)).unwrap());
+    // The damaged record is reported, not answered (and no panic).
+    let answer = s.contains(key(901));
+    assert!(
+        matches!(answer, Err(dedupstore::Error::Corruption { .. })),
+        "{answer:?}"
+    );
     assert!(s.contains(key(902)).unwrap());
+    // `stats` reads every entry's record: it must not panic either.
+    assert!(s.stats().live_keys > 0);
     drop(s);
     let full = Store::open_with(fs.clone(), "/db", cfg(&clock, Checkpoints::Off));
     assert!(
         matches!(full, Err(dedupstore::Error::Corruption { .. })),
         "a full replay finds the damage: {full:?}"
     );
+}
+
+#[test]
+fn every_lookup_path_reports_a_damaged_covered_record_instead_of_answering() {
+    // One bit of key 901's insert (its expiry: the record still parses)
+    // flips after the checkpoint was written; open does not read it.
+    // Every call that would answer from that record reports
+    // `Error::Corruption` instead; an intact key still answers.
+    let (fs, clock) = populated(6000);
+    let first = format!("/db/{}", segments(&fs)[0]);
+    let mut seg = fs.read_file(Path::new(&first)).unwrap();
+    let at = 64 + 901 * (16 + key(0).len());
+    assert_eq!(&seg[at + 16..at + 16 + key(0).len()], &key(901)[..]);
+    seg[at + 8] ^= 0x10;
+    fs.write_file(Path::new(&first), &seg);
+    let s = open(&fs.crash(CrashMode::Kill), &clock);
+    assert!(s.stats().checkpoint_entries > 0);
+    let bad = key(901);
+    let corrupt = |what: &str, r: dedupstore::Result<String>| {
+        assert!(
+            matches!(r, Err(dedupstore::Error::Corruption { .. })),
+            "{what}: {r:?}"
+        );
+    };
+    corrupt("contains", s.contains(&bad).map(|a| format!("{a:?}")));
+    corrupt(
+        "contains_batch",
+        s.contains_batch(&[key(902), bad.clone()])
+            .map(|a| format!("{a:?}")),
+    );
+    corrupt(
+        "check_and_insert",
+        s.check_and_insert(&bad, HOUR).map(|a| format!("{a:?}")),
+    );
+    corrupt("remove", s.remove(&bad).map(|a| format!("{a:?}")));
+    corrupt("peek", s.peek(&bad).map(|a| format!("{a:?}")));
+    corrupt("claim", s.claim(&bad, HOUR, None).map(|a| format!("{a:?}")));
+    // Nothing was written for it: still reported, not answered.
+    corrupt("contains again", s.contains(&bad).map(|a| format!("{a:?}")));
+    // An intact key answers as before, through the same paths.
+    assert!(s.contains(key(902)).unwrap());
+    assert_eq!(
+        s.contains_batch(&[key(902), key(903)]).unwrap(),
+        [true, false]
+    );
+    assert!(!s.check_and_insert(key(902), HOUR).unwrap().is_inserted());
+}
+
+#[test]
+fn a_checkpoint_entry_outside_the_log_it_covers_makes_open_ignore_it() {
+    // An entry's offset is checked against the segment it names (here: one
+    // below the segment header), with the file's checksums recomputed as a
+    // forger would; open ignores the whole checkpoint and replays the log.
+    let (fs, clock) = populated(6000);
+    let mut b = fs.read_file(Path::new(CKPT)).unwrap();
+    let u32_at = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+    let rows_end = 64 + 40 * u32_at(&b, 40) as usize;
+    let dir = rows_end + 8;
+    let dir_end = dir + 256 * 16;
+    // The first entry of the first non-empty shard.
+    let shard = (0..256).find(|&s| u64_at(&b, dir + 16 * s) > 0).unwrap();
+    let start = dir_end + 8;
+    let count = u64_at(&b, dir + 16 * shard) as usize;
+    b[start + 8..start + 12].copy_from_slice(&10u32.to_le_bytes());
+    let sum = xxhash_rust::xxh3::xxh3_64(&b[start..start + 16 * count]);
+    b[dir + 16 * shard + 8..dir + 16 * shard + 16].copy_from_slice(&sum.to_le_bytes());
+    let sum = xxhash_rust::xxh3::xxh3_64(&b[dir..dir_end]);
+    b[dir_end..dir_end + 8].copy_from_slice(&sum.to_le_bytes());
+    fs.write_file(Path::new(CKPT), &b);
+    let s = open(&fs, &clock);
+    let st = s.stats();
+    assert_eq!(st.checkpoint_entries, 0, "{st:?}");
+    assert_eq!(
+        st.checkpoint_ignored,
+        Some("a checkpoint entry points outside the log it covers")
+    );
+    for i in 0..6000 {
+        assert_eq!(s.contains(key(i)).unwrap(), i % 3 != 0, "key {i}");
+    }
 }
