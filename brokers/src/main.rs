@@ -35,7 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             })?
         }
         "nats" => dedupstore_brokers::run(work, mode, workers, batch, |w| {
-            Ok(Puller::new(addr, &format!("w{w}"), stream, "c")?)
+            Puller::new(addr, &format!("w{w}"), stream, "c")
         })?,
         other => return Err(format!("broker {other:?}: redis or nats").into()),
     };

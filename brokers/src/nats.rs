@@ -1,341 +1,196 @@
-//! A minimal synchronous NATS client: the five protocol verbs a JetStream
-//! pull consumer needs (CONNECT, SUB, PUB, MSG/HMSG, PING/PONG), and the
-//! JetStream API requests made over them (stream and consumer creation,
-//! `MSG.NEXT` pulls, acks, consumer info).
+//! The NATS JetStream side, through the `async-nats` client: stream and
+//! durable pull consumer creation, publishing with JetStream acks, and a
+//! worker's [`Puller`] (pull with `expires`, explicit acks, AckWait
+//! redelivery by the server).
 //!
-//! Why not a client crate: the maintained one (`async-nats`) brings a tokio
-//! runtime and a TLS stack, minutes of build on the project's 2-core
-//! machines for a test that uses a plaintext loopback connection; the sync
-//! `nats` crate is deprecated. The protocol is line-based text and small.
+//! The consumer's workers are synchronous threads; each [`Puller`] (and
+//! [`Admin`]) owns a current-thread tokio runtime and `block_on`s every
+//! client call. The client's connection task runs only inside those calls,
+//! so every call that sends something ends with a flush.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
-use serde_json::Value;
+use async_nats::jetstream::response::Response;
+use async_nats::jetstream::stream::{RetentionPolicy, StorageType};
+use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, consumer::DeliverPolicy};
+use futures_util::StreamExt;
+use tokio::runtime::Runtime;
 
-/// A message delivered on a subscription.
-#[derive(Debug)]
-pub struct Message {
-    /// The subscription id it came on.
-    pub sid: u64,
-    /// Where to reply (for JetStream: the ack subject).
-    pub reply: Option<String>,
-    /// The status line of a header message (`"408 Request Timeout"`), if any.
-    pub status: Option<String>,
-    /// The payload.
-    pub payload: Vec<u8>,
+use crate::BoxError;
+
+/// A current-thread runtime with the I/O and timer drivers the client needs.
+fn runtime() -> std::io::Result<Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
 }
 
-/// One connection to a NATS server.
-pub struct Conn {
-    rd: BufReader<TcpStream>,
-    wr: io::BufWriter<TcpStream>,
-    next_sid: u64,
-    inbox: String,
+/// Connects a client named `name` (no retry: a server not up yet is an error).
+async fn connect(addr: &str, name: &str) -> Result<async_nats::Client, BoxError> {
+    Ok(async_nats::ConnectOptions::new()
+        .name(name)
+        .connect(addr)
+        .await?)
 }
 
-fn bad(what: impl Into<String>) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, what.into())
+/// A connection for setting up streams and consumers and producing.
+pub struct Admin {
+    rt: Runtime,
+    js: jetstream::Context,
 }
 
-impl Conn {
-    /// Connects and waits for the server to confirm (PING/PONG).
-    pub fn connect(addr: &str, name: &str) -> io::Result<Conn> {
-        let s = TcpStream::connect(addr)?;
-        s.set_nodelay(true)?;
-        let mut c = Conn {
-            rd: BufReader::new(s.try_clone()?),
-            wr: io::BufWriter::new(s),
-            next_sid: 1,
-            inbox: format!("_INBOX.{name}.{}", std::process::id()),
-        };
-        let mut info = String::new();
-        c.rd.read_line(&mut info)?;
-        if !info.starts_with("INFO ") {
-            return Err(bad(format!("expected INFO, got {info:?}")));
-        }
-        write!(
-            c.wr,
-            "CONNECT {{\"verbose\":false,\"pedantic\":false,\"headers\":true,\"no_responders\":true,\"name\":\"{name}\"}}\r\nPING\r\n"
-        )?;
-        c.wr.flush()?;
-        loop {
-            match c.read()? {
-                Read_::Pong => return Ok(c),
-                Read_::Msg(_) => {}
-            }
-        }
+impl Admin {
+    /// Connects to the server at `addr` (`host:port`).
+    pub fn connect(addr: &str, name: &str) -> Result<Admin, BoxError> {
+        let rt = runtime()?;
+        // The JetStream context spawns a task: make it inside the runtime.
+        let js =
+            rt.block_on(async { Ok::<_, BoxError>(jetstream::new(connect(addr, name).await?)) })?;
+        Ok(Admin { rt, js })
     }
 
-    /// Subscribes to `subject`; returns the subscription id.
-    pub fn sub(&mut self, subject: &str) -> io::Result<u64> {
-        let sid = self.next_sid;
-        self.next_sid += 1;
-        write!(self.wr, "SUB {subject} {sid}\r\n")?;
-        Ok(sid)
-    }
-
-    /// Queues a publish (sent on the next `flush`, or when the buffer fills).
-    pub fn publish(
-        &mut self,
-        subject: &str,
-        reply: Option<&str>,
-        payload: &[u8],
-    ) -> io::Result<()> {
+    /// Whether JetStream answers its account info request (`$JS.API.INFO`).
+    /// The reply is read as plain JSON: the typed `query_account` expects
+    /// fields that Debian's nats-server 2.9 does not send.
+    pub fn jetstream_ready(&self) -> Result<(), BoxError> {
+        let reply: Response<serde_json::Value> = self
+            .rt
+            .block_on(self.js.request("INFO", &serde_json::json!({})))?;
         match reply {
-            Some(r) => write!(self.wr, "PUB {subject} {r} {}\r\n", payload.len())?,
-            None => write!(self.wr, "PUB {subject} {}\r\n", payload.len())?,
-        }
-        self.wr.write_all(payload)?;
-        self.wr.write_all(b"\r\n")
-    }
-
-    /// Sends everything queued.
-    pub fn flush(&mut self) -> io::Result<()> {
-        self.wr.flush()
-    }
-
-    /// The next message on any subscription (answers server PINGs).
-    pub fn next_msg(&mut self) -> io::Result<Message> {
-        loop {
-            if let Read_::Msg(m) = self.read()? {
-                return Ok(m);
-            }
+            Response::Ok(_) => Ok(()),
+            Response::Err { error } => Err(format!("JetStream INFO: {error}").into()),
         }
     }
 
-    /// A request with a fresh reply subject; returns the reply's JSON.
-    pub fn request(&mut self, subject: &str, payload: &[u8]) -> io::Result<Value> {
-        let reply = format!("{}.req.{}", self.inbox, self.next_sid);
-        let sid = self.sub(&reply)?;
-        self.publish(subject, Some(&reply), payload)?;
-        write!(self.wr, "UNSUB {sid} 1\r\n")?;
-        self.flush()?;
-        loop {
-            let m = self.next_msg()?;
-            if m.sid != sid {
-                continue;
-            }
-            if let Some(st) = m.status {
-                return Err(bad(format!("{subject}: status {st}")));
-            }
-            let v: Value = serde_json::from_slice(&m.payload)
-                .map_err(|e| bad(format!("{subject}: bad JSON reply: {e}")))?;
-            if let Some(err) = v.get("error") {
-                return Err(bad(format!("{subject}: {err}")));
-            }
-            return Ok(v);
-        }
+    /// Creates a file-backed stream capturing `subject`.
+    pub fn create_stream(&self, stream: &str, subject: &str) -> Result<(), BoxError> {
+        let config = jetstream::stream::Config {
+            name: stream.into(),
+            subjects: vec![subject.into()],
+            storage: StorageType::File,
+            retention: RetentionPolicy::Limits,
+            ..Default::default()
+        };
+        self.rt.block_on(self.js.create_stream(config))?;
+        Ok(())
     }
 
-    /// This connection's inbox prefix (unique per process and name).
-    pub fn inbox(&self) -> &str {
-        &self.inbox
+    /// Creates a durable pull consumer with explicit acks and `ack_wait`,
+    /// unlimited redeliveries.
+    pub fn create_consumer(
+        &self,
+        stream: &str,
+        name: &str,
+        ack_wait: Duration,
+    ) -> Result<(), BoxError> {
+        let config = pull::Config {
+            durable_name: Some(name.into()),
+            ack_policy: AckPolicy::Explicit,
+            deliver_policy: DeliverPolicy::All,
+            ack_wait,
+            max_deliver: -1,
+            max_ack_pending: 100_000,
+            ..Default::default()
+        };
+        self.rt
+            .block_on(self.js.create_consumer_on_stream(config, stream))?;
+        Ok(())
     }
 
-    fn read(&mut self) -> io::Result<Read_> {
-        let mut line = String::new();
-        loop {
-            line.clear();
-            if self.rd.read_line(&mut line)? == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-            let l = line.trim_end();
-            let mut f = l.split(' ');
-            match f.next() {
-                Some("PING") => {
-                    self.wr.write_all(b"PONG\r\n")?;
-                    self.wr.flush()?;
+    /// Publishes every payload to `subject` and waits for every JetStream
+    /// ack (1000 publishes in flight at most).
+    pub fn publish_all(&self, subject: &str, payloads: &[Vec<u8>]) -> Result<(), BoxError> {
+        self.rt.block_on(async {
+            for chunk in payloads.chunks(1000) {
+                let mut acks = Vec::with_capacity(chunk.len());
+                for p in chunk {
+                    acks.push(
+                        self.js
+                            .publish(subject.to_string(), p.clone().into())
+                            .await?,
+                    );
                 }
-                Some("PONG") => return Ok(Read_::Pong),
-                Some("+OK") | Some("INFO") => {}
-                Some("-ERR") => return Err(bad(format!("server: {l}"))),
-                Some(verb @ ("MSG" | "HMSG")) => {
-                    let parts: Vec<&str> = f.collect();
-                    let nums = if verb == "MSG" { 1 } else { 2 };
-                    if parts.len() < 2 + nums {
-                        return Err(bad(format!("short {verb} line {l:?}")));
-                    }
-                    let num = |s: &str| s.parse::<usize>().map_err(|_| bad(format!("{l:?}")));
-                    let total = num(parts[parts.len() - 1])?;
-                    let hdr = if nums == 2 {
-                        num(parts[parts.len() - 2])?
-                    } else {
-                        0
-                    };
-                    let reply = (parts.len() == 3 + nums).then(|| parts[2].to_string());
-                    let sid = parts[1]
-                        .parse()
-                        .map_err(|_| bad(format!("bad sid in {l:?}")))?;
-                    let mut buf = vec![0; total + 2];
-                    self.rd.read_exact(&mut buf)?;
-                    buf.truncate(total);
-                    let payload = buf.split_off(hdr.min(total));
-                    // "NATS/1.0 408 Request Timeout\r\n..." or "NATS/1.0\r\n..."
-                    let status = (hdr > 0)
-                        .then(|| {
-                            let first = String::from_utf8_lossy(&buf);
-                            let first = first.lines().next().unwrap_or("").to_string();
-                            first
-                                .strip_prefix("NATS/1.0")
-                                .map(|s| s.trim().to_string())
-                                .filter(|s| !s.is_empty())
-                        })
-                        .flatten();
-                    return Ok(Read_::Msg(Message {
-                        sid,
-                        reply,
-                        status,
-                        payload,
-                    }));
+                for a in acks {
+                    a.await?;
                 }
-                _ => return Err(bad(format!("unexpected line {l:?}"))),
             }
-        }
+            Ok(())
+        })
     }
 }
 
-enum Read_ {
-    Pong,
-    Msg(Message),
-}
-
-/// Creates a file-backed stream capturing `subject`.
-pub fn create_stream(c: &mut Conn, stream: &str, subject: &str) -> io::Result<()> {
-    let body = serde_json::json!({
-        "name": stream, "subjects": [subject], "storage": "file", "retention": "limits",
-    });
-    c.request(
-        &format!("$JS.API.STREAM.CREATE.{stream}"),
-        body.to_string().as_bytes(),
-    )?;
-    Ok(())
-}
-
-/// Creates a durable pull consumer with explicit acks and `ack_wait`.
-pub fn create_consumer(
-    c: &mut Conn,
-    stream: &str,
-    name: &str,
-    ack_wait: Duration,
-) -> io::Result<()> {
-    let body = serde_json::json!({
-        "stream_name": stream,
-        "config": {
-            "durable_name": name, "ack_policy": "explicit", "deliver_policy": "all",
-            "ack_wait": ack_wait.as_nanos() as u64, "max_deliver": -1, "max_ack_pending": 100_000,
-        },
-    });
-    c.request(
-        &format!("$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{name}"),
-        body.to_string().as_bytes(),
-    )?;
-    Ok(())
-}
-
-/// Publishes every payload to `subject` and waits for every JetStream ack.
-pub fn publish_all(c: &mut Conn, subject: &str, payloads: &[Vec<u8>]) -> io::Result<()> {
-    let reply = format!("{}.pub", c.inbox());
-    let sid = c.sub(&format!("{reply}.*"))?;
-    for chunk in payloads.chunks(1000) {
-        for (i, p) in chunk.iter().enumerate() {
-            c.publish(subject, Some(&format!("{reply}.{i}")), p)?;
-        }
-        c.flush()?;
-        let mut acked = 0;
-        while acked < chunk.len() {
-            let m = c.next_msg()?;
-            if m.sid != sid {
-                continue;
-            }
-            let v: Value =
-                serde_json::from_slice(&m.payload).map_err(|e| bad(format!("publish ack: {e}")))?;
-            if v.get("error").is_some() || m.status.is_some() {
-                return Err(bad(format!("publish failed: {v} {:?}", m.status)));
-            }
-            acked += 1;
-        }
-    }
-    Ok(())
-}
-
-/// A worker's pull subscription on a durable consumer.
+/// A worker's pull consumer: its own connection and runtime.
 pub struct Puller {
-    conn: Conn,
-    stream: String,
-    consumer: String,
-    reply: String,
-    sid: u64,
+    rt: Runtime,
+    client: async_nats::Client,
+    consumer: jetstream::consumer::Consumer<pull::Config>,
 }
 
 impl Puller {
-    /// Connects a puller for `stream` / `consumer`.
-    pub fn new(addr: &str, name: &str, stream: &str, consumer: &str) -> io::Result<Puller> {
-        let mut conn = Conn::connect(addr, name)?;
-        let reply = format!("{}.pull", conn.inbox());
-        let sid = conn.sub(&reply)?;
-        conn.flush()?;
+    /// Connects a puller (client name `name`) to the durable `consumer` of
+    /// `stream`.
+    pub fn new(addr: &str, name: &str, stream: &str, consumer: &str) -> Result<Puller, BoxError> {
+        let rt = runtime()?;
+        let (client, consumer) = rt.block_on(async {
+            let client = connect(addr, name).await?;
+            let consumer = jetstream::new(client.clone())
+                .get_consumer_from_stream(consumer, stream)
+                .await?;
+            Ok::<_, BoxError>((client, consumer))
+        })?;
         Ok(Puller {
-            conn,
-            stream: stream.into(),
-            consumer: consumer.into(),
-            reply,
-            sid,
+            rt,
+            client,
+            consumer,
         })
     }
 
     /// Pulls up to `max` messages, waiting at most `wait` for them.
-    /// Returns `(payload, ack subject)` pairs.
-    pub fn fetch(&mut self, max: usize, wait: Duration) -> io::Result<Vec<(Vec<u8>, String)>> {
-        let req = serde_json::json!({ "batch": max, "expires": wait.as_nanos() as u64 });
-        let subj = format!(
-            "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
-            self.stream, self.consumer
-        );
-        self.conn
-            .publish(&subj, Some(&self.reply), req.to_string().as_bytes())?;
-        self.conn.flush()?;
-        let mut out = Vec::new();
-        while out.len() < max {
-            let m = self.conn.next_msg()?;
-            if m.sid != self.sid {
-                continue;
+    pub fn fetch(&self, max: usize, wait: Duration) -> Result<Vec<jetstream::Message>, BoxError> {
+        self.rt.block_on(async {
+            let mut batch = self
+                .consumer
+                .batch()
+                .max_messages(max)
+                .expires(wait)
+                .messages()
+                .await?;
+            let mut out = Vec::new();
+            // The batch ends on the server's 404 / 408 (nothing more, pull
+            // expired); any other status (409, e.g. a leadership change)
+            // comes as an error item that also ends this pull: the next
+            // pull asks again.
+            while let Some(Ok(m)) = batch.next().await {
+                out.push(m);
             }
-            match (m.status, m.reply) {
-                // 404 no messages, 408 request expired, 409 e.g. leadership:
-                // this pull is over.
-                (Some(_), _) => break,
-                (None, Some(ack)) => out.push((m.payload, ack)),
-                (None, None) => return Err(bad("pulled message without ack subject")),
-            }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
-    /// Acks the messages (explicit ack: an empty message to the ack subject).
-    pub fn ack(&mut self, subjects: &[&str]) -> io::Result<()> {
-        for s in subjects {
-            self.conn.publish(s, None, b"")?;
-        }
-        self.conn.flush()
+    /// Acks the messages (explicit ack) and flushes the acks to the server.
+    pub fn ack(&self, msgs: &[&jetstream::Message]) -> Result<(), BoxError> {
+        self.rt.block_on(async {
+            for m in msgs {
+                // async-nats' ack error is a `Send + Sync` box.
+                m.ack().await.map_err(|e| e as BoxError)?;
+            }
+            self.client.flush().await?;
+            Ok(())
+        })
     }
 
     /// Messages not yet delivered plus delivered but not acked.
-    pub fn outstanding(&mut self) -> io::Result<u64> {
-        let v = self.conn.request(
-            &format!("$JS.API.CONSUMER.INFO.{}.{}", self.stream, self.consumer),
-            b"",
-        )?;
-        let n = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
-        Ok(n("num_pending") + n("num_ack_pending"))
+    pub fn outstanding(&self) -> Result<u64, BoxError> {
+        let info = self.rt.block_on(self.consumer.get_info())?;
+        Ok(info.num_pending + info.num_ack_pending as u64)
     }
 }
 
 impl crate::Source for Puller {
-    type Ack = String;
+    type Ack = jetstream::Message;
 
-    fn next_batch(&mut self, max: usize) -> Result<crate::Batch<String>, crate::BoxError> {
+    fn next_batch(&mut self, max: usize) -> Result<crate::Batch<Self::Ack>, BoxError> {
         let got = self.fetch(max, Duration::from_millis(200))?;
         if got.is_empty() {
             // Nothing now: over once nothing is undelivered or unacked (a
@@ -347,20 +202,24 @@ impl crate::Source for Puller {
             });
         }
         got.into_iter()
-            .map(|(payload, ack)| {
-                let id = payload
+            .map(|m| {
+                let id = m
+                    .payload
                     .split(|&b| b == b' ')
                     .next()
                     .map(|b| String::from_utf8_lossy(b).into_owned())
                     .ok_or("empty payload")?;
-                Ok(crate::Delivery { id, payload, ack })
+                Ok(crate::Delivery {
+                    id,
+                    payload: m.payload.to_vec(),
+                    ack: m,
+                })
             })
-            .collect::<Result<Vec<_>, crate::BoxError>>()
+            .collect::<Result<Vec<_>, BoxError>>()
             .map(Some)
     }
 
-    fn ack(&mut self, acks: &[&String]) -> Result<(), crate::BoxError> {
-        let subjects: Vec<&str> = acks.iter().map(|s| s.as_str()).collect();
-        Ok(Puller::ack(self, &subjects)?)
+    fn ack(&mut self, acks: &[&Self::Ack]) -> Result<(), BoxError> {
+        Puller::ack(self, acks)
     }
 }

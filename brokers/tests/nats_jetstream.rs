@@ -26,8 +26,8 @@ fn nats_jetstream_consumer_survives_sigkills_without_losing_a_message() {
             .to_vec()
         },
         |addr| {
-            nats::Conn::connect(addr, "probe")
-                .and_then(|mut c| c.request("$JS.API.INFO", b""))
+            nats::Admin::connect(addr, "probe")
+                .and_then(|c| c.jetstream_ready())
                 .is_ok()
         },
     ) else {
@@ -39,16 +39,16 @@ fn nats_jetstream_consumer_survives_sigkills_without_losing_a_message() {
         &server.addr,
         &["insert", "insert-batch", "claim"],
         |stream, ids| {
-            let mut c = nats::Conn::connect(&addr, "producer").expect("connect");
+            let c = nats::Admin::connect(&addr, "producer").expect("connect");
             let subject = format!("{stream}.msgs");
-            nats::create_stream(&mut c, stream, &subject).expect("create stream");
+            c.create_stream(stream, &subject).expect("create stream");
             let payloads: Vec<Vec<u8>> = ids
                 .iter()
                 .map(|id| dedupstore_brokers::payload_of(id))
                 .collect();
-            nats::publish_all(&mut c, &subject, &payloads).expect("publish");
+            c.publish_all(&subject, &payloads).expect("publish");
             // A killed consumer's unacked messages come back after AckWait.
-            nats::create_consumer(&mut c, stream, "c", Duration::from_secs(2))
+            c.create_consumer(stream, "c", Duration::from_secs(2))
                 .expect("create consumer");
         },
     );
