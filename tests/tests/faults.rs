@@ -5,12 +5,16 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use dedupstore::sim::{CrashMode, Fault, SimFs};
-use dedupstore::{Config, Durability, Error, Store};
+use dedupstore::{Checkpoints, Config, Durability, Error, Store};
 
 const DAY: Duration = Duration::from_secs(86_400);
 
 fn cfg() -> Config {
-    Config::default().segment_size(64 << 10)
+    Config::default()
+        .segment_size(64 << 10)
+        // No background checkpoint writer: an injected fault must hit the
+        // call the test aims at, not one of that thread's.
+        .checkpoints(Checkpoints::OnCloseAndGc)
 }
 
 #[test]

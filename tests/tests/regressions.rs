@@ -17,8 +17,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dedupstore::sim::{CrashMode, Fault, SimFs};
 use dedupstore::{
-    Claim, ClaimToken, Config, Durability, Error, ManualClock, Outcome, RecoveryMode, Store,
-    MAX_TTL,
+    Checkpoints, Claim, ClaimToken, Config, Durability, Error, ManualClock, Outcome, RecoveryMode,
+    Store, MAX_TTL,
 };
 
 const T0: u64 = 1_700_000_000_000;
@@ -36,6 +36,9 @@ fn cfg(clock: &ManualClock) -> Config {
     Config::default()
         .segment_size(SEG_SIZE)
         .gc_interval(None)
+        // No background checkpoint writer: an injected fault must hit the
+        // call the test aims at, not one of that thread's.
+        .checkpoints(Checkpoints::OnCloseAndGc)
         .clock(clock.clone())
 }
 

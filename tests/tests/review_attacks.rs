@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use dedupstore::sim::{CrashMode, Fault, SimFs};
-use dedupstore::{Config, Durability, Error, ManualClock, Outcome, RecoveryMode, Store};
+use dedupstore::{
+    Checkpoints, Config, Durability, Error, ManualClock, Outcome, RecoveryMode, Store,
+};
 
 const T0: u64 = 1_700_000_000_000;
 const DAY: Duration = Duration::from_secs(86_400);
@@ -19,6 +21,9 @@ fn cfg(clock: &ManualClock) -> Config {
     Config::default()
         .segment_size(SEG_SIZE)
         .gc_interval(None)
+        // No background checkpoint writer: an injected fault must hit the
+        // call the test aims at, not one of that thread's.
+        .checkpoints(Checkpoints::OnCloseAndGc)
         .clock(clock.clone())
 }
 
