@@ -100,6 +100,11 @@ fn every_waiter_queued_behind_a_failing_sync_gets_an_error() {
         Err(Error::SyncFailed)
     ));
     assert!(matches!(s.contains(b"key-0"), Err(Error::SyncFailed)));
+    // The batched lookup relies on the same record, so it waits as well.
+    assert!(matches!(
+        s.contains_batch(&[b"durable".as_slice(), b"key-0"]),
+        Err(Error::SyncFailed)
+    ));
     assert!(s.contains(b"durable").unwrap());
 }
 
