@@ -628,12 +628,8 @@ impl Replicator {
         let spawned = std::thread::Builder::new()
             .name("dedupstore-replicate".into())
             .spawn(move || {
-                loop {
-                    match rx.recv_timeout(interval) {
-                        Err(RecvTimeoutError::Timeout) => {}
-                        // Stopped (message or handle dropped).
-                        Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
-                    }
+                // Until stopped (a message, or the handle dropped).
+                while let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(interval) {
                     let r = self.ship();
                     s.record(&r);
                 }

@@ -600,3 +600,49 @@ fn s3_on_moto_ship_gc_ship_restore() {
     assert!(matches!(err, Error::ObjectStore { .. }), "{err}");
     assert_only(tmp.path(), &[]);
 }
+
+/// Background rounds: they ship while the store is written, and `stop`
+/// ships a last round that has everything acknowledged before it.
+#[test]
+fn background_rounds_and_a_final_round_at_stop() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let target: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let clock = ManualClock::new(T0);
+    let store = Arc::new(Store::open(tmp.path().join("src"), config(&clock)).expect("open"));
+    let repl = Replicator::new(
+        store.clone(),
+        target.clone(),
+        Path::from("r"),
+        ReplicateOptions::default(),
+    )
+    .expect("replicator");
+    let handle = repl.spawn(Duration::from_millis(5));
+    insert_all(&store, "a", 0..2000, HOUR);
+    // Wait (bounded) for a background round that has shipped something.
+    for _ in 0..2000 {
+        if handle.last_report().is_some_and(|r| r.replica_bytes > 0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        handle.rounds() > 0 && handle.last_report().is_some(),
+        "background rounds ran"
+    );
+    assert_eq!(handle.failures(), 0, "{:?}", handle.last_error());
+    insert_all(&store, "b", 0..2000, HOUR);
+    let last = handle.stop().expect("final round");
+    assert!(last.replica_bytes > 0);
+    let dst = restore_new(tmp.path(), target, "dst").expect("restore");
+    check_restored(
+        &dst,
+        &clock,
+        &Expect {
+            present: (0..2000)
+                .map(|i| id("a", i))
+                .chain((0..2000).map(|i| id("b", i)))
+                .collect(),
+            absent: (0..2000).map(|i| id("never", i)).collect(),
+        },
+    );
+}
