@@ -562,6 +562,11 @@ fn a_round_failing_at_any_request_leaves_the_last_manifest_restorable() {
         k += 1;
         assert!(k < 500, "a round sends fewer than 500 requests");
     }
+    // The k-th round went through: the round has k - 1 requests.
+    eprintln!(
+        "a failure was injected at each of the {} requests of a round",
+        k - 1
+    );
     assert!(
         k > 5,
         "the failure was injected at each of several requests (k = {k})"
