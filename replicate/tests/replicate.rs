@@ -180,6 +180,26 @@ fn ship_gc_ship_restore(target: Arc<dyn ObjectStore>) {
         "a restarted replicator re-uploads nothing: {again:?}"
     );
 
+    // The new owner of the partition replicates its restored store to the
+    // same prefix: the chunks up are its own bytes, nothing is uploaded
+    // again, and its new IDs follow.
+    drop(repl);
+    let moved = Arc::new(Store::open(&dst, config(&clock)).expect("open restored"));
+    let repl = Replicator::new(
+        moved.clone(),
+        target.clone(),
+        prefix.clone(),
+        ReplicateOptions::default(),
+    )
+    .expect("replicator of the new owner");
+    let first = repl.ship().expect("ship of the new owner");
+    assert_eq!(first.uploaded_chunks, 0, "nothing re-uploaded: {first:?}");
+    insert_all(&moved, "moved", 0..100, 240 * HOUR);
+    let next = repl.ship().expect("ship of the new owner");
+    assert_eq!(next.uploaded_chunks, 1, "only the new tail: {next:?}");
+    drop(repl);
+    drop(moved);
+
     // 5. Restoring into a directory that is not empty is refused, untouched.
     let err = restore(target.clone(), &prefix, &dst).expect_err("not empty");
     assert!(matches!(err, Error::Target { .. }), "{err}");
