@@ -350,13 +350,14 @@ fn a_newer_damaged_or_absent_manifest_is_refused() {
     assert_only(tmp.path(), &["src"]);
 }
 
-/// An object store that fails the `fail_at`-th request (counting from 1)
-/// and every one after it while `broken` is set; counts requests.
+/// An object store that fails the `fail_at`-th request (counting from 1),
+/// and every one after it unless `only_one`; counts requests.
 #[derive(Debug)]
 struct Failing {
     inner: Arc<dyn ObjectStore>,
     requests: AtomicU64,
     fail_at: AtomicU64,
+    only_one: bool,
 }
 
 impl std::fmt::Display for Failing {
@@ -366,18 +367,20 @@ impl std::fmt::Display for Failing {
 }
 
 impl Failing {
-    fn new(inner: Arc<dyn ObjectStore>) -> Self {
+    fn new(inner: Arc<dyn ObjectStore>, only_one: bool) -> Self {
         Failing {
             inner,
             requests: AtomicU64::new(0),
             fail_at: AtomicU64::new(u64::MAX),
+            only_one,
         }
     }
 
     /// Counts a request; an error if it is to fail.
     fn tick(&self, what: &str) -> object_store::Result<()> {
         let n = self.requests.fetch_add(1, Ordering::SeqCst) + 1;
-        if n >= self.fail_at.load(Ordering::SeqCst) {
+        let at = self.fail_at.load(Ordering::SeqCst);
+        if n == at || (n > at && !self.only_one) {
             Err(object_store::Error::Generic {
                 store: "Failing",
                 source: format!("injected failure of request {n} ({what})").into(),
@@ -463,12 +466,23 @@ impl ObjectStore for Failing {
 /// ID shipped by the last good round; the next round without failures
 /// ships everything.
 #[test]
-fn a_round_failing_at_any_request_leaves_the_last_manifest_restorable() {
+fn a_round_failing_from_any_request_on_leaves_the_last_manifest_restorable() {
+    fail_each_request(false);
+}
+
+/// The same with only the k-th request failing (the object store recovers
+/// at once: later requests of the round succeed).
+#[test]
+fn a_round_with_any_one_request_failing_leaves_the_last_manifest_restorable() {
+    fail_each_request(true);
+}
+
+fn fail_each_request(only_one: bool) {
     let mut k = 1;
     loop {
         let tmp = tempfile::tempdir().expect("tempdir");
         let base: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-        let failing = Arc::new(Failing::new(base.clone()));
+        let failing = Arc::new(Failing::new(base.clone(), only_one));
         let target: Arc<dyn ObjectStore> = failing.clone();
         let clock = ManualClock::new(T0);
         let store = Arc::new(Store::open(tmp.path().join("src"), config(&clock)).expect("open"));
