@@ -109,6 +109,17 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
 
+    /// A restore of shipped segments (`replica::ReplicaWriter`) cannot go
+    /// on: the target directory is not empty, or the segments are not
+    /// given in ascending id order.
+    #[error("cannot restore into {dir}: {reason}")]
+    RestoreTarget {
+        /// The directory being restored into.
+        dir: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// An earlier fsync (or msync) failed. What it was meant to persist may or
     /// may not be on disk, so the store refuses every write (and every answer
     /// that would rely on unsynced data) until it is reopened.

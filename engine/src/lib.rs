@@ -154,6 +154,7 @@ mod meta;
 mod poison;
 mod record;
 mod recovery;
+pub mod replica;
 mod run_once;
 mod segment;
 mod store;
