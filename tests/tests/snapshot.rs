@@ -683,6 +683,60 @@ fn a_power_loss_mid_import_leaves_each_key_before_or_after_and_a_reimport_comple
 }
 
 #[test]
+fn a_power_loss_inside_a_batch_leaves_each_key_before_or_after() {
+    // Each sync of the import is held while the images a kill and torn
+    // power losses would leave are taken: the batch's records are written
+    // (maybe in part) but not synced.
+    let f = crash_fixture();
+    let fs = f.base.crash(CrashMode::Kill);
+    let dst = Store::open_with(fs.clone(), "/db", cfg(&f.clock)).unwrap();
+    let done = AtomicBool::new(false);
+    let batches = AtomicU64::new(0);
+    let mut images = Vec::new();
+    fs.hold_syncs(true);
+    std::thread::scope(|sc| {
+        let importer = sc.spawn(|| {
+            // After each batch, the next sync is held again.
+            let r = dst.import(Cursor::new(&f.snap), |p| {
+                if p.phase == Phase::Apply {
+                    batches.fetch_add(1, Ordering::SeqCst);
+                    fs.hold_syncs(true);
+                }
+            });
+            done.store(true, Ordering::SeqCst);
+            r
+        });
+        let mut seed = 0;
+        while !done.load(Ordering::SeqCst) {
+            if fs.held_syncs() == 0 {
+                std::thread::yield_now();
+                continue;
+            }
+            seed += 1;
+            let batch = batches.load(Ordering::SeqCst);
+            images.push(fs.crash(CrashMode::Kill));
+            images.push(fs.crash(CrashMode::Torn(seed)));
+            images.push(fs.crash(CrashMode::DropUnsynced));
+            fs.hold_syncs(false);
+            // Until the batch is done (its progress re-arms the hold).
+            while batches.load(Ordering::SeqCst) == batch && !done.load(Ordering::SeqCst) {
+                std::thread::yield_now();
+            }
+        }
+        fs.hold_syncs(false);
+        importer.join().unwrap().unwrap();
+    });
+    assert!(images.len() >= 9, "{} images", images.len());
+    for (i, image) in images.into_iter().enumerate() {
+        let s = Store::open_with(image, "/db", cfg(&f.clock)).unwrap();
+        assert_pre_or_post(&f, &s, &format!("image {i}"));
+        import(&s, &f.snap).unwrap();
+        assert_eq!(state(&s, &f.keys), f.post, "re-import after image {i}");
+    }
+    assert_eq!(state(&dst, &f.keys), f.post);
+}
+
+#[test]
 fn a_failed_sync_mid_import_stops_it_and_a_reopen_and_reimport_complete_it() {
     let f = crash_fixture();
     for nth in [0u64, 1, 2] {
