@@ -1,13 +1,14 @@
 //! `dedupstore`: inspect, verify and maintain dedupstore directories.
 //!
 //! `verify`, `dump` and `get` only read the files (no lock, no write), so
-//! they work while a consumer has the store open. `stats` and `compact` open
-//! the store with `Store::open`, which needs its lock and, like any open,
-//! recovers it (a torn tail is truncated).
+//! they work while a consumer has the store open. `stats`, `compact`,
+//! `export` and `import` open the store with `Store::open`, which needs its
+//! lock and, like any open, recovers it (a torn tail is truncated).
 //!
 //! Exit codes: 0 success (for `verify`: clean); 1 the store is damaged
-//! (`verify` found corruption, or an open refused it); 2 usage error, I/O
-//! error, not a store, store locked, or a newer format version.
+//! (`verify` found corruption, or an open refused it), or `import` refused
+//! a damaged snapshot; 2 usage error, I/O error, not a store, store locked,
+//! or a newer format or snapshot version.
 
 mod show;
 
@@ -37,7 +38,7 @@ use show::{hex, id64, iso8601, key_display, key_text};
     name = "dedupstore",
     version,
     about = "Inspect, verify and maintain dedupstore directories",
-    after_help = "Exit codes: 0 success (verify: clean), 1 store damaged, \
+    after_help = "Exit codes: 0 success (verify: clean), 1 store or snapshot damaged, \
                   2 usage/I/O error, not a store, locked, or newer format version."
 )]
 struct Cli {
