@@ -5,6 +5,7 @@
 
 mod backends;
 mod measure;
+mod namespaces;
 mod reopen;
 mod report;
 mod workload;
@@ -80,6 +81,12 @@ struct Args {
     /// index checkpoint, and the checkpoints' cost to inserts; dedupstore only.
     #[arg(long, value_delimiter = ',', value_parser = positive)]
     reopen_scale: Vec<usize>,
+    /// Only the namespaces comparison: open this many namespaces of one
+    /// group (1000 if given without a number), insert `--ids` IDs spread
+    /// over them and into a single namespace; prints threads, RSS, disk
+    /// and insert throughput of both and their ratio.
+    #[arg(long, value_parser = positive, num_args = 0..=1, default_missing_value = "1000")]
+    namespaces: Option<usize>,
     /// Internal: run one backend in this process.
     #[arg(long, value_enum, hide = true)]
     child: Option<Engine>,
@@ -113,6 +120,13 @@ fn main() {
     }
     if !args.reopen_scale.is_empty() {
         if let Err(e) = reopen::run(&args.dir, &args.reopen_scale) {
+            eprintln!("bench failed: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    if let Some(n) = args.namespaces {
+        if let Err(e) = namespaces::run(&args.dir, n, args.ids) {
             eprintln!("bench failed: {e}");
             std::process::exit(1);
         }

@@ -151,6 +151,7 @@ pub mod inspect;
 mod limits;
 mod log;
 mod meta;
+mod namespaces;
 mod poison;
 mod record;
 mod recovery;
@@ -158,6 +159,7 @@ mod run_once;
 mod segment;
 mod store;
 pub mod vfs;
+mod workers;
 
 /// The simulated file system (feature `sim`): the testing seam's other side.
 #[cfg(any(test, feature = "sim"))]
@@ -183,5 +185,6 @@ pub use counters::CounterSnapshot;
 pub use error::{Error, Result};
 pub use gc::GcReport;
 pub use limits::{MAX_KEY_LEN, MAX_RESPONSE_LEN, MAX_TTL};
+pub use namespaces::{Namespaces, MAX_NAMESPACE_LEN};
 pub use run_once::RunOnce;
 pub use store::{Outcome, Stats, Store};
