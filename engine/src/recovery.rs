@@ -209,8 +209,10 @@ pub fn recover<F: Vfs>(
             &path,
             id,
             // Segments grow (`log::next_segment_size`): the newest keeps its
-            // size, and the next roll sizes the next one.
-            None,
+            // size, and the next roll sizes the next one; only one cut
+            // shorter than a first segment (a file truncated by a crash or
+            // a copy) is extended, to that size.
+            (id == newest).then_some(crate::log::first_segment_size(cfg.segment_size)),
             id >= covered_below,
             poison.clone(),
         )?;
