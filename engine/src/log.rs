@@ -263,7 +263,7 @@ pub fn key_of(rec: &[u8]) -> &[u8] {
 /// `Config::segment_size`, so that a store holding little data (one of many
 /// namespaces) preallocates little disk. It takes the largest record.
 pub const FIRST_SEGMENT_SIZE: u64 = 64 << 10;
-const _: () = assert!(FIRST_SEGMENT_SIZE as usize > HEADER_LEN + record::MAX_RECORD_LEN);
+const _: () = assert!(FIRST_SEGMENT_SIZE > (HEADER_LEN + record::MAX_RECORD_LEN) as u64);
 
 /// Size of the segment that follows one of `prev` bytes: twice it, at most
 /// `max` (`Config::segment_size`), and at least enough for `bytes` of

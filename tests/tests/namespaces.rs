@@ -84,7 +84,12 @@ fn create_list_drop_close_and_reopen() {
     let root = dir.path();
     let g = Namespaces::open(root, Config::default()).unwrap();
     for n in ["c", "a", "b"] {
-        g.create(n).unwrap().check_and_insert(n, DAY).unwrap();
+        assert!(g
+            .create(n)
+            .unwrap()
+            .check_and_insert(n, DAY)
+            .unwrap()
+            .is_inserted());
     }
     assert_eq!(g.list(), ["a", "b", "c"]);
     assert!(matches!(g.create("a"), Err(Error::NamespaceExists { .. })));
@@ -283,14 +288,18 @@ fn a_newer_or_damaged_group_marker_is_refused() {
 fn create_and_drop_are_durable_when_they_return() {
     let fs = SimFs::new();
     let g = Namespaces::open_with(fs.clone(), ROOT, quiet()).unwrap();
-    g.create("keep")
+    assert!(g
+        .create("keep")
         .unwrap()
         .check_and_insert(b"k", DAY)
-        .unwrap();
-    g.create("gone")
+        .unwrap()
+        .is_inserted());
+    assert!(g
+        .create("gone")
         .unwrap()
         .check_and_insert(b"k", DAY)
-        .unwrap();
+        .unwrap()
+        .is_inserted());
     g.drop_namespace("gone").unwrap();
     // Power loss now, with the group still open.
     for mode in [CrashMode::DropUnsynced, CrashMode::Torn(7)] {
