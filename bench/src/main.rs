@@ -5,6 +5,7 @@
 
 mod backends;
 mod measure;
+mod namespaces;
 mod reopen;
 mod report;
 mod snapshot;
@@ -85,6 +86,12 @@ struct Args {
     /// (IDs) to and from a local file; dedupstore only.
     #[arg(long, value_delimiter = ',', value_parser = positive)]
     export_import: Vec<usize>,
+    /// Only the namespaces comparison: open this many namespaces of one
+    /// group (1000 if given without a number), insert `--ids` IDs spread
+    /// over them and into a single namespace; prints threads, RSS, disk
+    /// and insert throughput of both and their ratio.
+    #[arg(long, value_parser = positive, num_args = 0..=1, default_missing_value = "1000")]
+    namespaces: Option<usize>,
     /// Internal: run one backend in this process.
     #[arg(long, value_enum, hide = true)]
     child: Option<Engine>,
@@ -125,6 +132,13 @@ fn main() {
     }
     if !args.export_import.is_empty() {
         if let Err(e) = snapshot::run(&args.dir, &args.export_import) {
+            eprintln!("bench failed: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    if let Some(n) = args.namespaces {
+        if let Err(e) = namespaces::run(&args.dir, n, args.ids) {
             eprintln!("bench failed: {e}");
             std::process::exit(1);
         }

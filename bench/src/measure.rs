@@ -327,7 +327,7 @@ fn now_ms() -> u64 {
 }
 
 /// (VmHWM, VmRSS, RssAnon) in bytes, from /proc/self/status.
-fn rss() -> (u64, u64, u64) {
+pub(crate) fn rss() -> (u64, u64, u64) {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let field = |name: &str| {
         s.lines()
@@ -340,7 +340,7 @@ fn rss() -> (u64, u64, u64) {
 }
 
 /// Allocated bytes of every file under `dir`.
-fn disk_usage(dir: &Path) -> u64 {
+pub(crate) fn disk_usage(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     let mut total = 0;
     if let Ok(rd) = std::fs::read_dir(dir) {

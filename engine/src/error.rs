@@ -156,6 +156,51 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// A namespace name is not valid: names are 1 to 200 bytes of
+    /// `[A-Za-z0-9._-]`, not starting with `.`.
+    #[error("invalid namespace name {name:?}: {reason}")]
+    InvalidNamespace {
+        /// The name given (lossy if it was not UTF-8-safe to show).
+        name: String,
+        /// What rule it breaks.
+        reason: &'static str,
+    },
+
+    /// No namespace of that name exists in the group.
+    #[error("unknown namespace {name:?}")]
+    UnknownNamespace {
+        /// The name given.
+        name: String,
+    },
+
+    /// `create` or `install` of a namespace name that is taken.
+    #[error("namespace {name:?} already exists")]
+    NamespaceExists {
+        /// The name given.
+        name: String,
+    },
+
+    /// `drop_namespace` or `close_namespace` while handles to the
+    /// namespace's store (from `get`/`create`) are still alive: drop them
+    /// first.
+    #[error("namespace {name:?} is in use: other handles to its store are alive")]
+    NamespaceInUse {
+        /// The name given.
+        name: String,
+    },
+
+    /// The directory holds a different kind of dedupstore than asked for:
+    /// `Namespaces::open` on a single store's directory, `Store::open` on a
+    /// namespace group's root or on one of its namespace directories, or
+    /// `install` of a directory that is not a store.
+    #[error("{dir}: {reason}")]
+    WrongLayout {
+        /// The directory.
+        dir: PathBuf,
+        /// What was found and what was expected.
+        reason: &'static str,
+    },
+
     /// An earlier fsync (or msync) failed. What it was meant to persist may or
     /// may not be on disk, so the store refuses every write (and every answer
     /// that would rely on unsynced data) until it is reopened.

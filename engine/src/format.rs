@@ -5,6 +5,20 @@
 /// The format version written and the newest one read.
 pub const FORMAT_VERSION: u32 = 1;
 
+/// `dedupstore.group`: the marker of a namespace group's root.
+pub mod group {
+    /// Magic at 0..8.
+    pub const MAGIC: &[u8; 8] = b"DDUPGRP\0";
+    /// Length of the file.
+    pub const LEN: usize = 20;
+    /// u32 group format version.
+    pub const VERSION: usize = 8;
+    /// The group format version written and the newest one read.
+    pub const VERSION_NUMBER: u32 = 1;
+    /// u32 CRC-32 of bytes `0..CRC` (bytes 12..16 are reserved, zero).
+    pub const CRC: usize = 16;
+}
+
 /// `dedupstore.meta`.
 pub mod meta {
     /// Magic at 0..8.

@@ -151,6 +151,7 @@ pub mod inspect;
 mod limits;
 mod log;
 mod meta;
+mod namespaces;
 mod poison;
 mod record;
 mod recovery;
@@ -160,6 +161,7 @@ mod segment;
 mod snapshot;
 mod store;
 pub mod vfs;
+mod workers;
 
 /// The simulated file system (feature `sim`): the testing seam's other side.
 #[cfg(any(test, feature = "sim"))]
@@ -185,6 +187,7 @@ pub use counters::CounterSnapshot;
 pub use error::{Error, Result};
 pub use gc::GcReport;
 pub use limits::{MAX_KEY_LEN, MAX_RESPONSE_LEN, MAX_TTL};
+pub use namespaces::{Namespaces, MAX_NAMESPACE_LEN};
 pub use run_once::RunOnce;
 pub use snapshot::{verify_snapshot, ExportReport, ImportReport, Phase, Progress, SnapshotInfo};
 pub use store::{Outcome, Stats, Store};

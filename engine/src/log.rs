@@ -9,7 +9,7 @@ use crate::format::{le, rec};
 use crate::index::Entry;
 use crate::poison::Poison;
 use crate::record::{self, Body, Kind};
-use crate::segment::Segment;
+use crate::segment::{Segment, HEADER_LEN};
 use crate::vfs::Vfs;
 
 /// Log sequence number: `segment id << 32 | byte offset`. Grows with every
@@ -259,6 +259,35 @@ pub fn key_of(rec: &[u8]) -> &[u8] {
         .unwrap_or(&[])
 }
 
+/// Size of a store's first segment: segments start small and double up to
+/// `Config::segment_size`, so that a store holding little data (one of many
+/// namespaces) preallocates little disk. It takes the largest record.
+pub const FIRST_SEGMENT_SIZE: u64 = 64 << 10;
+const _: () = assert!(FIRST_SEGMENT_SIZE > (HEADER_LEN + record::MAX_RECORD_LEN) as u64);
+
+/// Size of the segment that follows one of `prev` bytes: twice it, at most
+/// `max` (`Config::segment_size`), and at least enough for `bytes` of
+/// records after the header (a batch larger than the doubled size),
+/// rounded up to a multiple of [`FIRST_SEGMENT_SIZE`].
+///
+/// Invariant: the result holds `bytes` of records whenever `bytes` fits in
+/// a segment of `max` bytes (`check_batch_bytes` allows half of one), so a
+/// reservation never needs two rolls.
+pub fn next_segment_size(prev: usize, bytes: usize, max: u64) -> u64 {
+    let doubled = (prev as u64)
+        .saturating_mul(2)
+        .clamp(FIRST_SEGMENT_SIZE, max.max(FIRST_SEGMENT_SIZE));
+    let need = (HEADER_LEN as u64 + bytes as u64).div_ceil(FIRST_SEGMENT_SIZE) * FIRST_SEGMENT_SIZE;
+    let size = doubled.max(need);
+    debug_assert!(size >= HEADER_LEN as u64 + bytes as u64);
+    size
+}
+
+/// Size of a new store's first segment.
+pub fn first_segment_size(max: u64) -> u64 {
+    FIRST_SEGMENT_SIZE.min(max)
+}
+
 pub struct LogState<F: Vfs> {
     pub active: Arc<Segment<F>>,
     /// Next free byte in the active segment.
@@ -275,7 +304,7 @@ pub struct Log<F: Vfs> {
     pub poison: Arc<Poison>,
     /// Told (without blocking) each time a segment is sealed: wakes the
     /// background checkpoint writer, if any.
-    pub on_seal: std::sync::OnceLock<crossbeam_channel::Sender<()>>,
+    pub on_seal: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 /// The log, locked for appends. Lock order: index shards, then the log, then
@@ -435,7 +464,7 @@ impl<F: Vfs> Appender<'_, F> {
     /// rolling to a new one first if not.
     pub fn reserve(&mut self, table: &SegmentTable<F>, bytes: usize) -> Result<()> {
         if self.guard.off + bytes > self.guard.active.capacity() {
-            self.roll(table)?;
+            self.roll_for(table, bytes)?;
         }
         Ok(())
     }
@@ -449,6 +478,12 @@ impl<F: Vfs> Appender<'_, F> {
     /// the next segment may exist on disk too (`Segment::create`), so the
     /// sealed one never takes another append.
     pub fn roll(&mut self, table: &SegmentTable<F>) -> Result<()> {
+        self.roll_for(table, 0)
+    }
+
+    /// [`Appender::roll`], the next segment sized to take at least `bytes`
+    /// of records ([`next_segment_size`]).
+    pub fn roll_for(&mut self, table: &SegmentTable<F>, bytes: usize) -> Result<()> {
         let st = &mut *self.guard;
         st.active.sync(0, st.off)?;
         st.active.persist_watermark(st.off as u64)?;
@@ -461,14 +496,14 @@ impl<F: Vfs> Appender<'_, F> {
             &*self.log.fs,
             &self.log.dir,
             next,
-            self.log.segment_size,
+            next_segment_size(st.active.capacity(), bytes, self.log.segment_size),
             self.log.poison.clone(),
         )?);
         table.insert(seg.clone());
         st.active = seg;
         st.off = crate::segment::HEADER_LEN;
-        if let Some(tx) = self.log.on_seal.get() {
-            let _ = tx.try_send(());
+        if let Some(wake) = self.log.on_seal.get() {
+            wake();
         }
         Ok(())
     }

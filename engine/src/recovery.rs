@@ -185,7 +185,7 @@ pub fn recover<F: Vfs>(
             fs,
             dir,
             1,
-            cfg.segment_size,
+            crate::log::first_segment_size(cfg.segment_size),
             poison.clone(),
         )?);
         table.insert(seg.clone());
@@ -203,13 +203,16 @@ pub fn recover<F: Vfs>(
     let covered_below = ckpt.as_ref().map_or(0, |c| c.covers().0);
     let mut opened = Vec::with_capacity(ids.len());
     for &id in &ids {
-        let is_newest = id == newest;
         let path = dir.join(segment::file_name(id));
         let (seg, wm) = Segment::open(
             fs,
             &path,
             id,
-            is_newest.then_some(cfg.segment_size),
+            // Segments grow (`log::next_segment_size`): the newest keeps its
+            // size, and the next roll sizes the next one; only one cut
+            // shorter than a first segment (a file truncated by a crash or
+            // a copy) is extended, to that size.
+            (id == newest).then_some(crate::log::first_segment_size(cfg.segment_size)),
             id >= covered_below,
             poison.clone(),
         )?;

@@ -278,28 +278,152 @@ struct Dirs {
     /// (file or none) at that moment.
     lost: BTreeMap<PathBuf, Name>,
     locks: BTreeSet<PathBuf>,
+    /// Directories made with `create_dir` (the only ones modelled).
+    tree: DirTree,
+}
+
+/// Directories made with [`Vfs::create_dir`], modelled as strictly as
+/// files: creating, renaming or removing one is a name change in its parent,
+/// durable only after a `sync_dir` of the parent (for a rename: of the new
+/// parent). At a power loss, a file or directory under a modelled directory
+/// that is not durable is lost with it. Directories never made with
+/// `create_dir` (a store's own directory, made by `create_dir_all`) are not
+/// modelled: they always exist, as before.
+#[derive(Default, Clone)]
+struct DirTree {
+    live: BTreeSet<PathBuf>,
+    durable: BTreeSet<PathBuf>,
+    /// Every path ever made a modelled directory.
+    known: BTreeSet<PathBuf>,
+    /// Name changes of modelled directories not yet durable, in order.
+    pending: Vec<DirOp>,
+}
+
+#[derive(Clone, Debug)]
+enum DirOp {
+    Create(PathBuf),
+    Remove(PathBuf),
+    Rename(PathBuf, PathBuf),
+}
+
+impl DirOp {
+    /// The directory whose fsync makes this change durable.
+    fn parent(&self) -> Option<&Path> {
+        match self {
+            DirOp::Create(p) | DirOp::Remove(p) => p.parent(),
+            DirOp::Rename(_, to) => to.parent(),
+        }
+    }
+}
+
+/// `p` with its prefix `from` replaced by `to`, if it starts with `from`.
+fn moved(p: &Path, from: &Path, to: &Path) -> Option<PathBuf> {
+    p.strip_prefix(from).ok().map(|rest| {
+        if rest.as_os_str().is_empty() {
+            to.to_path_buf()
+        } else {
+            to.join(rest)
+        }
+    })
+}
+
+/// Applies a directory change to a set of directories and a map of files.
+fn apply_dir_op<V>(op: &DirOp, dirs: &mut BTreeSet<PathBuf>, files: &mut BTreeMap<PathBuf, V>) {
+    match op {
+        DirOp::Create(p) => {
+            dirs.insert(p.clone());
+        }
+        DirOp::Remove(p) => {
+            dirs.retain(|d| !d.starts_with(p));
+            files.retain(|f, _| !f.starts_with(p));
+        }
+        DirOp::Rename(from, to) => {
+            let ds: Vec<PathBuf> = dirs
+                .iter()
+                .filter(|d| d.starts_with(from))
+                .cloned()
+                .collect();
+            for d in ds {
+                dirs.remove(&d);
+                if let Some(n) = moved(&d, from, to) {
+                    dirs.insert(n);
+                }
+            }
+            // The new name links the directory, whether or not its
+            // creation was durable yet.
+            dirs.insert(to.clone());
+            let fs: Vec<PathBuf> = files
+                .keys()
+                .filter(|f| f.starts_with(from))
+                .cloned()
+                .collect();
+            for f in fs {
+                if let (Some(v), Some(n)) = (files.remove(&f), moved(&f, from, to)) {
+                    files.insert(n, v);
+                }
+            }
+        }
+    }
+}
+
+/// Where `p` (a path once `ops` are applied) is before they are.
+fn unproject(ops: &[DirOp], p: &Path) -> PathBuf {
+    let mut p = p.to_path_buf();
+    for op in ops.iter().rev() {
+        if let DirOp::Rename(from, to) = op {
+            if let Some(back) = moved(&p, to, from) {
+                p = back;
+            }
+        }
+    }
+    p
+}
+
+/// Is every modelled (`known`) directory above `p` in `dirs`?
+fn reachable(known: &BTreeSet<PathBuf>, dirs: &BTreeSet<PathBuf>, p: &Path) -> bool {
+    p.ancestors()
+        .skip(1)
+        .all(|a| !known.contains(a) || dirs.contains(a))
 }
 
 impl Dirs {
     /// Paths in `dir` (or everywhere) whose live entry differs from the
     /// durable one and was not marked clean by a failed `sync_dir`.
+    ///
+    /// Compared with the durable names as they will be once the pending
+    /// directory changes are durable: a file moved along with its
+    /// directory is not a name change of its own.
     fn dirty_names(&self, dir: Option<&Path>) -> Vec<PathBuf> {
-        let all: BTreeSet<&PathBuf> = self.live.keys().chain(self.durable.keys()).collect();
+        let projected;
+        let durable = if self.tree.pending.is_empty() {
+            &self.durable
+        } else {
+            let mut names = self.durable.clone();
+            let mut dirs = self.tree.durable.clone();
+            for op in &self.tree.pending {
+                apply_dir_op(op, &mut dirs, &mut names);
+            }
+            projected = names;
+            &projected
+        };
+        let all: BTreeSet<&PathBuf> = self.live.keys().chain(durable.keys()).collect();
         all.into_iter()
             .filter(|p| dir.is_none_or(|d| p.parent() == Some(d)))
             .filter(|p| {
                 let l = self.live.get(*p);
-                !same(l, self.durable.get(*p))
-                    && self.lost.get(*p).is_none_or(|c| !same(c.as_ref(), l))
+                !same(l, durable.get(*p)) && self.lost.get(*p).is_none_or(|c| !same(c.as_ref(), l))
             })
             .cloned()
             .collect()
     }
 
+    /// Makes the name change of `p` (a path as `dirty_names` gives it)
+    /// durable, at the path its directory has on disk now.
     fn persist_name(&mut self, p: &Path) {
+        let q = unproject(&self.tree.pending, p);
         match self.live.get(p) {
-            Some(f) => self.durable.insert(p.to_path_buf(), f.clone()),
-            None => self.durable.remove(p),
+            Some(f) => self.durable.insert(q, f.clone()),
+            None => self.durable.remove(&q),
         };
         self.lost.remove(p);
     }
@@ -497,9 +621,15 @@ impl SimFs {
         let dirs = lock(&self.0.dirs);
         dirs.live
             .keys()
+            .chain(dirs.tree.live.iter())
             .filter(|p| p.parent() == Some(dir))
             .filter_map(|p| p.file_name()?.to_str().map(str::to_owned))
             .collect()
+    }
+
+    /// Is `dir` a live directory made with `create_dir`?
+    pub fn dir_exists(&self, dir: &Path) -> bool {
+        lock(&self.0.dirs).tree.live.contains(dir)
     }
 }
 
@@ -546,6 +676,7 @@ fn kill_copy(dirs: &Dirs) -> Dirs {
     for (p, n) in &dirs.lost {
         new.lost.insert(p.clone(), n.as_ref().map(&mut dup));
     }
+    new.tree = dirs.tree.clone();
     new
 }
 
@@ -553,19 +684,48 @@ fn kill_copy(dirs: &Dirs) -> Dirs {
 /// (torn) some of the unsynced ones.
 fn power_loss(dirs: &Dirs, mut torn: Option<&mut Rng>) -> Dirs {
     let mut names = dirs.durable.clone();
+    let mut tree = DirTree {
+        live: BTreeSet::new(),
+        durable: dirs.tree.durable.clone(),
+        known: dirs.tree.known.clone(),
+        pending: Vec::new(),
+    };
     if let Some(rng) = torn.as_deref_mut() {
-        // Unsynced name changes each may or may not have reached the disk.
+        // The journal commits directory changes in order: some prefix of
+        // the pending ones made it.
+        let n = dirs.tree.pending.len();
+        let keep = if n == 0 {
+            0
+        } else {
+            (rng.next() as usize) % (n + 1)
+        };
+        for op in &dirs.tree.pending[..keep] {
+            apply_dir_op(op, &mut tree.durable, &mut names);
+        }
+        // Unsynced name changes each may or may not have reached the disk,
+        // at the path their directory has after the changes that did.
+        let rest = &dirs.tree.pending[keep..];
         for p in dirs.dirty_names(None) {
             if rng.coin() {
+                let q = unproject(rest, &p);
                 match dirs.live.get(&p) {
-                    Some(f) => names.insert(p, f.clone()),
-                    None => names.remove(&p),
+                    Some(f) => names.insert(q, f.clone()),
+                    None => names.remove(&q),
                 };
             }
         }
     }
+    // Whatever lies under a modelled directory that did not survive is gone.
+    let durable_dirs = tree.durable.clone();
+    names.retain(|p, _| reachable(&tree.known, &durable_dirs, p));
+    tree.durable
+        .retain(|d| reachable(&tree.known, &durable_dirs, d));
+    tree.live = tree.durable.clone();
     let mut cp = Copier::default();
-    let mut new = Dirs::default();
+    let mut new = Dirs {
+        tree,
+        ..Dirs::default()
+    };
     for (p, f) in names {
         let c = cp.get(&f, |d| {
             let img = d.crash_image(torn.as_deref_mut());
@@ -592,8 +752,46 @@ impl Vfs for SimFs {
     fn create_dir_all(&self, _dir: &Path) -> io::Result<()> {
         self.io("create dir")
     }
+    fn create_dir(&self, dir: &Path) -> io::Result<()> {
+        self.io("mkdir")?;
+        let mut dirs = lock(&self.0.dirs);
+        let exists = dirs.tree.live.contains(dir) || dirs.live.contains_key(dir);
+        if exists {
+            return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+        }
+        if !reachable(&dirs.tree.known, &dirs.tree.live, dir) {
+            return Err(not_found());
+        }
+        let t = &mut dirs.tree;
+        t.live.insert(dir.to_path_buf());
+        t.known.insert(dir.to_path_buf());
+        t.pending.push(DirOp::Create(dir.to_path_buf()));
+        Ok(())
+    }
+    fn remove_dir(&self, dir: &Path) -> io::Result<()> {
+        self.io("rmdir")?;
+        let mut dirs = lock(&self.0.dirs);
+        if !dirs.tree.live.contains(dir) {
+            return Err(not_found());
+        }
+        let busy = dirs.live.keys().any(|p| p.parent() == Some(dir))
+            || dirs.tree.live.iter().any(|p| p.parent() == Some(dir));
+        if busy {
+            return Err(io::Error::from_raw_os_error(libc::ENOTEMPTY));
+        }
+        let t = &mut dirs.tree;
+        t.live.remove(dir);
+        t.pending.push(DirOp::Remove(dir.to_path_buf()));
+        Ok(())
+    }
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
         self.io("list")?;
+        {
+            let dirs = lock(&self.0.dirs);
+            if dirs.tree.known.contains(dir) && !dirs.tree.live.contains(dir) {
+                return Err(not_found());
+            }
+        }
         Ok(self.file_names(dir))
     }
     fn open(&self, path: &Path, create: bool) -> io::Result<SimFile> {
@@ -624,6 +822,38 @@ impl Vfs for SimFs {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         self.io("rename")?;
         let mut dirs = lock(&self.0.dirs);
+        if dirs.tree.live.contains(from) {
+            // A directory: every name under it moves with it.
+            if dirs.tree.live.contains(to) || dirs.live.contains_key(to) {
+                return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+            }
+            let op = DirOp::Rename(from.to_path_buf(), to.to_path_buf());
+            let d = &mut *dirs;
+            apply_dir_op(&op, &mut d.tree.live, &mut d.live);
+            let moved_lost: Vec<PathBuf> = d
+                .lost
+                .keys()
+                .filter(|p| p.starts_with(from))
+                .cloned()
+                .collect();
+            for p in moved_lost {
+                if let (Some(v), Some(n)) = (d.lost.remove(&p), moved(&p, from, to)) {
+                    d.lost.insert(n, v);
+                }
+            }
+            // A creation not yet durable now names the directory by its
+            // new path (its new parent's fsync makes it durable).
+            for pending in &mut d.tree.pending {
+                if let DirOp::Create(p) = pending {
+                    if let Some(n) = moved(p, from, to) {
+                        *p = n;
+                    }
+                }
+            }
+            d.tree.known.insert(to.to_path_buf());
+            d.tree.pending.push(op);
+            return Ok(());
+        }
         let f = dirs.live.remove(from).ok_or_else(not_found)?;
         dirs.live.insert(to.to_path_buf(), f);
         Ok(())
@@ -631,7 +861,23 @@ impl Vfs for SimFs {
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let r = self.io("fsync dir");
         let mut dirs = lock(&self.0.dirs);
+        if dirs.tree.known.contains(dir) && !dirs.tree.live.contains(dir) {
+            return Err(not_found());
+        }
         let pending = dirs.dirty_names(Some(dir));
+        // Directory changes in `dir`: all or (failed sync) none, in order.
+        // (A failed fsync of a directory keeps them pending, like names.)
+        if r.is_ok() {
+            let d = &mut *dirs;
+            let ops = std::mem::take(&mut d.tree.pending);
+            for op in ops {
+                if op.parent() == Some(dir) {
+                    apply_dir_op(&op, &mut d.tree.durable, &mut d.durable);
+                } else {
+                    d.tree.pending.push(op);
+                }
+            }
+        }
         match r {
             Ok(()) => pending.iter().for_each(|p| dirs.persist_name(p)),
             Err(_) => {

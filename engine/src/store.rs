@@ -22,6 +22,7 @@ use crate::record::{self, Body, Kind};
 use crate::recovery::{self, RecoveryStats};
 use crate::segment::HEADER_LEN;
 use crate::vfs::{OsFs, Vfs};
+use crate::workers::Workers;
 
 const LOCK_FILE: &str = "LOCK";
 
@@ -118,7 +119,9 @@ pub(crate) struct Inner<F: Vfs> {
     checkpoint: Mutex<Option<Written>>,
     /// Tells the background checkpoint writer to stop.
     checkpoint_stop: std::sync::atomic::AtomicBool,
-    _lock: F::Lock,
+    /// The directory's lock; `None` for a namespace, covered by its
+    /// group's lock (saves a file descriptor per namespace).
+    _lock: Option<F::Lock>,
 }
 
 /// Messages to the background GC thread. Dropping the sender stops it.
@@ -136,7 +139,20 @@ pub struct Store<F: Vfs = OsFs> {
     flusher: Option<(Sender<()>, JoinHandle<()>)>,
     gc: Option<(Sender<GcMsg>, JoinHandle<()>)>,
     checkpointer: Option<JoinHandle<()>>,
+    /// A namespace's registration with its group's shared workers (then the
+    /// three fields above are `None`).
+    shared: Option<(Arc<Workers<F>>, u64)>,
 }
+
+/// How a store opens: alone (its own lock and threads), or as a namespace
+/// of a group (the group's lock and shared workers).
+pub(crate) enum Member<'a, F: Vfs> {
+    Alone,
+    Group(&'a Arc<Workers<F>>),
+}
+
+/// The marker file of a namespace group's root (see `namespaces`).
+pub(crate) const GROUP_FILE: &str = "dedupstore.group";
 
 impl Store<OsFs> {
     /// Opens (or creates) the store in `dir`, recovering from any crash.
@@ -147,18 +163,47 @@ impl Store<OsFs> {
 
 impl<F: Vfs> Store<F> {
     /// Opens the store on a given file system (the simulated one in tests).
+    ///
+    /// Refuses (`Error::WrongLayout`) a namespace group's root and a
+    /// namespace directory of a group (`<root>/ns/<name>`): open those
+    /// through [`crate::Namespaces`].
     pub fn open_with(fs: F, dir: impl AsRef<Path>, config: Config) -> Result<Self> {
+        Self::open_member(Arc::new(fs), dir.as_ref(), config, Member::Alone)
+    }
+
+    pub(crate) fn open_member(
+        fs: Arc<F>,
+        dir: &Path,
+        config: Config,
+        member: Member<'_, F>,
+    ) -> Result<Self> {
         config.validate()?;
-        let dir = dir.as_ref().to_path_buf();
-        let fs = Arc::new(fs);
-        fs.create_dir_all(&dir)
-            .map_err(io_err("create dir", &dir))?;
-        let lock_path = dir.join(LOCK_FILE);
-        let lock = fs
-            .try_lock(&lock_path)
-            .map_err(io_err("lock", &lock_path))?
-            .ok_or_else(|| Error::Locked { dir: dir.clone() })?;
+        let dir = dir.to_path_buf();
+        let lock = match member {
+            Member::Alone => {
+                fs.create_dir_all(&dir)
+                    .map_err(io_err("create dir", &dir))?;
+                refuse_group_dirs(&*fs, &dir)?;
+                let lock_path = dir.join(LOCK_FILE);
+                let lock = fs
+                    .try_lock(&lock_path)
+                    .map_err(io_err("lock", &lock_path))?;
+                if lock.is_none() {
+                    // A group root is locked by its group: say what it is.
+                    let names = fs.list(&dir).map_err(io_err("list", &dir))?;
+                    return Err(match names.iter().any(|n| n == GROUP_FILE) {
+                        true => group_root_error(dir),
+                        false => Error::Locked { dir },
+                    });
+                }
+                lock
+            }
+            Member::Group(_) => None,
+        };
         let names = fs.list(&dir).map_err(io_err("list", &dir))?;
+        if names.iter().any(|n| n == GROUP_FILE) {
+            return Err(group_root_error(dir));
+        }
         let store_id = crate::meta::open_or_create(&*fs, &dir, &names)?;
 
         let mut index = Index::default();
@@ -230,6 +275,16 @@ impl<F: Vfs> Store<F> {
         if !damaged.is_empty() {
             inner.rewrite_damaged(&damaged)?;
         }
+        if let Member::Group(workers) = member {
+            let id = workers.register(&inner);
+            return Ok(Store {
+                inner,
+                flusher: None,
+                gc: None,
+                checkpointer: None,
+                shared: Some((workers.clone(), id)),
+            });
+        }
         let checkpointer = match inner.config.checkpoints {
             Checkpoints::Background => Some(spawn_checkpointer(inner.clone())?),
             _ => None,
@@ -247,6 +302,7 @@ impl<F: Vfs> Store<F> {
             flusher,
             gc,
             checkpointer,
+            shared: None,
         })
     }
 
@@ -556,6 +612,9 @@ impl<F: Vfs> Store<F> {
         if let Some((tx, _)) = &self.gc {
             let _ = tx.send(GcMsg::Pause);
         }
+        if let Some((w, id)) = &self.shared {
+            w.set_gc_paused(*id, true);
+        }
     }
 
     /// Resumes the background GC after [`Store::pause_gc`].
@@ -563,12 +622,20 @@ impl<F: Vfs> Store<F> {
         if let Some((tx, _)) = &self.gc {
             let _ = tx.send(GcMsg::Resume);
         }
+        if let Some((w, id)) = &self.shared {
+            w.set_gc_paused(*id, false);
+        }
     }
 
     /// Asks the background GC to run now, without waiting for it.
     pub fn wake_gc(&self) {
         if let Some((tx, _)) = &self.gc {
             let _ = tx.send(GcMsg::Wake);
+        }
+        if let Some((w, id)) = &self.shared {
+            if self.inner.config.gc_interval.is_some() {
+                w.wake_gc(*id);
+            }
         }
     }
 
@@ -592,14 +659,18 @@ impl<F: Vfs> Store<F> {
     }
 
     fn shutdown(&mut self) -> Result<()> {
+        if let Some((w, id)) = self.shared.take() {
+            // No shared job runs on this store once this returns.
+            w.unregister(id);
+        }
         if let Some((tx, handle)) = self.gc.take() {
             drop(tx);
             let _ = handle.join();
         }
         if let Some(handle) = self.checkpointer.take() {
             self.inner.checkpoint_stop.store(true, Ordering::SeqCst);
-            if let Some(tx) = self.inner.log.on_seal.get() {
-                let _ = tx.try_send(());
+            if let Some(wake) = self.inner.log.on_seal.get() {
+                wake();
             }
             let _ = handle.join();
         }
@@ -636,6 +707,37 @@ impl<F: Vfs> Drop for Store<F> {
         // Errors cannot be returned from drop; `close` reports them.
         let _ = self.shutdown();
     }
+}
+
+fn group_root_error(dir: PathBuf) -> Error {
+    Error::WrongLayout {
+        dir,
+        reason: "this is a namespace group's root: open it with Namespaces::open",
+    }
+}
+
+/// Refuses to open a namespace directory of a group (`<root>/ns/<name>`,
+/// beside `<root>/dedupstore.group`) as a store of its own: the group's
+/// lock covers it, not a lock of its own, so two openers could write it.
+fn refuse_group_dirs<F: Vfs>(fs: &F, dir: &Path) -> Result<()> {
+    let parent = dir.parent();
+    if parent.and_then(Path::file_name) != Some(std::ffi::OsStr::new(crate::namespaces::NS_DIR)) {
+        return Ok(());
+    }
+    let Some(root) = parent.and_then(Path::parent) else {
+        return Ok(());
+    };
+    let names = match fs.list(root) {
+        Ok(n) => n,
+        Err(_) => return Ok(()),
+    };
+    if names.iter().any(|n| n == GROUP_FILE) {
+        return Err(Error::WrongLayout {
+            dir: dir.to_path_buf(),
+            reason: "this is a namespace of a group: open it through Namespaces::open on the group's root",
+        });
+    }
+    Ok(())
 }
 
 /// The horizon of a key's next record: its own expiry, or the horizon of
@@ -1006,7 +1108,9 @@ fn spawn_gc<F: Vfs>(
 fn spawn_checkpointer<F: Vfs>(inner: Arc<Inner<F>>) -> Result<JoinHandle<()>> {
     let (tx, rx) = channel::bounded::<()>(1);
     // Set once per store: `inner` is new.
-    let _ = inner.log.on_seal.set(tx);
+    let _ = inner.log.on_seal.set(Box::new(move || {
+        let _ = tx.try_send(());
+    }));
     std::thread::Builder::new()
         .name("dedupstore-ckpt".into())
         .spawn(move || {

@@ -20,13 +20,28 @@ pub trait Vfs: Send + Sync + 'static {
 
     /// Creates `dir` and its parents if missing.
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Creates one directory (its parent must exist); `AlreadyExists` if
+    /// taken. Durable only after `sync_dir` of the parent. Needed by
+    /// `Namespaces` only; the default answers `Unsupported`.
+    fn create_dir(&self, dir: &Path) -> io::Result<()> {
+        let _ = dir;
+        Err(io::ErrorKind::Unsupported.into())
+    }
+    /// Removes an empty directory (durable only after `sync_dir` of the
+    /// parent). Needed by `Namespaces` only; the default answers
+    /// `Unsupported`.
+    fn remove_dir(&self, dir: &Path) -> io::Result<()> {
+        let _ = dir;
+        Err(io::ErrorKind::Unsupported.into())
+    }
     /// File names (not paths) in `dir`.
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
     /// Opens read-write, creating the file if `create`.
     fn open(&self, path: &Path, create: bool) -> io::Result<Self::File>;
     /// Unlinks a file (durable only after `sync_dir`).
     fn remove(&self, path: &Path) -> io::Result<()>;
-    /// Renames a file, replacing `to` (durable only after `sync_dir`).
+    /// Renames a file, replacing `to`, or a directory onto a free name
+    /// (durable only after `sync_dir` of the new parent).
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Makes created, renamed and removed directory entries durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
@@ -91,6 +106,12 @@ impl Vfs for OsFs {
 
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         fs::create_dir_all(dir)
+    }
+    fn create_dir(&self, dir: &Path) -> io::Result<()> {
+        fs::create_dir(dir)
+    }
+    fn remove_dir(&self, dir: &Path) -> io::Result<()> {
+        fs::remove_dir(dir)
     }
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
         let mut names = Vec::new();
