@@ -7,6 +7,7 @@ mod backends;
 mod measure;
 mod reopen;
 mod report;
+mod snapshot;
 mod workload;
 
 use std::path::PathBuf;
@@ -80,6 +81,10 @@ struct Args {
     /// index checkpoint, and the checkpoints' cost to inserts; dedupstore only.
     #[arg(long, value_delimiter = ',', value_parser = positive)]
     reopen_scale: Vec<usize>,
+    /// Only measure export and import of a store of each of these sizes
+    /// (IDs) to and from a local file; dedupstore only.
+    #[arg(long, value_delimiter = ',', value_parser = positive)]
+    export_import: Vec<usize>,
     /// Internal: run one backend in this process.
     #[arg(long, value_enum, hide = true)]
     child: Option<Engine>,
@@ -113,6 +118,13 @@ fn main() {
     }
     if !args.reopen_scale.is_empty() {
         if let Err(e) = reopen::run(&args.dir, &args.reopen_scale) {
+            eprintln!("bench failed: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    if !args.export_import.is_empty() {
+        if let Err(e) = snapshot::run(&args.dir, &args.export_import) {
             eprintln!("bench failed: {e}");
             std::process::exit(1);
         }

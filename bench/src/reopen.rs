@@ -17,7 +17,7 @@ use crate::Res;
 
 const TTL: Duration = Duration::from_secs(86_400);
 
-fn key(i: u64) -> [u8; 16] {
+pub fn key(i: u64) -> [u8; 16] {
     let a = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5851_F42D_4C95_7F2D;
     let b = (a ^ (a >> 29)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     let mut k = [0u8; 16];

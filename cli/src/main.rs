@@ -1,13 +1,14 @@
 //! `dedupstore`: inspect, verify and maintain dedupstore directories.
 //!
 //! `verify`, `dump` and `get` only read the files (no lock, no write), so
-//! they work while a consumer has the store open. `stats` and `compact` open
-//! the store with `Store::open`, which needs its lock and, like any open,
-//! recovers it (a torn tail is truncated).
+//! they work while a consumer has the store open. `stats`, `compact`,
+//! `export` and `import` open the store with `Store::open`, which needs its
+//! lock and, like any open, recovers it (a torn tail is truncated).
 //!
 //! Exit codes: 0 success (for `verify`: clean); 1 the store is damaged
-//! (`verify` found corruption, or an open refused it); 2 usage error, I/O
-//! error, not a store, store locked, or a newer format version.
+//! (`verify` found corruption, or an open refused it), or `import` refused
+//! a damaged snapshot; 2 usage error, I/O error, not a store, store locked,
+//! or a newer format or snapshot version.
 
 mod show;
 
@@ -37,7 +38,7 @@ use show::{hex, id64, iso8601, key_display, key_text};
     name = "dedupstore",
     version,
     about = "Inspect, verify and maintain dedupstore directories",
-    after_help = "Exit codes: 0 success (verify: clean), 1 store damaged, \
+    after_help = "Exit codes: 0 success (verify: clean), 1 store or snapshot damaged, \
                   2 usage/I/O error, not a store, locked, or newer format version."
 )]
 struct Cli {
@@ -70,6 +71,13 @@ enum Command {
     /// Open the store (takes its lock) and compact every sealed segment that
     /// has dead records.
     Compact { dir: PathBuf },
+    /// Open the store (takes its lock) and write a snapshot of its live
+    /// state to FILE (written as FILE.tmp, synced, then renamed).
+    Export { dir: PathBuf, file: PathBuf },
+    /// Check the snapshot FILE whole, then merge it into the store in DIR
+    /// (created if it does not exist; takes its lock). A damaged snapshot
+    /// imports nothing (exit 1).
+    Import { dir: PathBuf, file: PathBuf },
 }
 
 /// A failure, with the exit code it maps to.
@@ -148,15 +156,17 @@ impl Failure {
                         .into(),
                 ),
             },
-            Error::UnsupportedVersion { .. } => Failure {
-                code: 2,
-                kind: "unsupported_version",
-                message: e.to_string(),
-                hint: Some(format!(
-                    "it was written by a newer dedupstore; use a newer build of this tool ({})",
-                    env!("CARGO_PKG_VERSION")
-                )),
-            },
+            Error::UnsupportedVersion { .. } | Error::UnsupportedSnapshotVersion { .. } => {
+                Failure {
+                    code: 2,
+                    kind: "unsupported_version",
+                    message: e.to_string(),
+                    hint: Some(format!(
+                        "it was written by a newer dedupstore; use a newer build of this tool ({})",
+                        env!("CARGO_PKG_VERSION")
+                    )),
+                }
+            }
             Error::Corruption { .. } => Failure {
                 code: 1,
                 kind: "corruption",
@@ -170,6 +180,12 @@ impl Failure {
                 kind: "io",
                 message: e.to_string(),
                 hint: None,
+            },
+            Error::SnapshotCorrupt { .. } => Failure {
+                code: 1,
+                kind: "snapshot_corrupt",
+                message: e.to_string(),
+                hint: Some("nothing was imported; export the snapshot again".into()),
             },
             _ => Failure {
                 code: 2,
@@ -217,6 +233,8 @@ fn run(cli: Cli) -> Run {
         Command::Dump { dir } => dump(&dir, json, progress, &mut out),
         Command::Get { dir, key, hex } => get(&dir, &key, hex, json, progress, &mut out),
         Command::Compact { dir } => compact(&dir, json, progress, &mut out),
+        Command::Export { dir, file } => export(&dir, &file, json, progress, &mut out),
+        Command::Import { dir, file } => import(&dir, &file, json, progress, &mut out),
     }?;
     out.flush().map_err(Failure::output)?;
     Ok(code)
@@ -741,6 +759,105 @@ fn get(
     w(out, line)?;
     if locked == Some(true) {
         say!("note: the store is open in another process; this is the state of its files on disk now");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// An I/O failure on a snapshot file.
+fn file_failure(op: &str, file: &Path, e: io::Error) -> Failure {
+    Failure {
+        code: 2,
+        kind: "io",
+        message: format!("cannot {op} {}: {e}", file.display()),
+        hint: None,
+    }
+}
+
+fn export(dir: &Path, file: &Path, json: bool, progress: bool, out: &mut impl Write) -> Run {
+    let store = open_store(dir, progress)?;
+    let mut tmp_name = file.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = PathBuf::from(tmp_name);
+    let f = std::fs::File::create(&tmp).map_err(|e| file_failure("create", &tmp, e))?;
+    let mut w = io::BufWriter::with_capacity(1 << 20, f);
+    let pb = spinner(progress, "exporting");
+    let report = store
+        .export(&mut w, |p| {
+            pb.set_message(format!("exporting: {} IDs", p.ids))
+        })
+        .map_err(|e| Failure::from_error(e, dir));
+    pb.finish_and_clear();
+    let report = report?;
+    let f = w
+        .into_inner()
+        .map_err(|e| file_failure("write", &tmp, e.into_error()))?;
+    f.sync_all().map_err(|e| file_failure("fsync", &tmp, e))?;
+    std::fs::rename(&tmp, file).map_err(|e| file_failure("rename", &tmp, e))?;
+    close(store, dir)?;
+    let fields = vec![
+        ("ids", report.ids),
+        ("inserts", report.inserts),
+        ("claims", report.claims),
+        ("completes", report.completes),
+        ("bytes", report.bytes),
+    ];
+    snapshot_report(out, json, "export", dir, file, &fields)
+}
+
+fn import(dir: &Path, file: &Path, json: bool, progress: bool, out: &mut impl Write) -> Run {
+    let f = std::fs::File::open(file).map_err(|e| file_failure("open", file, e))?;
+    let store = if dir.exists() {
+        open_store(dir, progress)?
+    } else {
+        // Check the snapshot before creating anything: a bad one leaves no
+        // new directory behind.
+        let check = std::fs::File::open(file).map_err(|e| file_failure("open", file, e))?;
+        dedupstore::verify_snapshot(io::BufReader::new(check))
+            .map_err(|e| Failure::from_error(e, dir))?;
+        Store::open(dir, Config::default().gc_interval(None))
+            .map_err(|e| Failure::from_error(e, dir))?
+    };
+    let pb = spinner(progress, "importing");
+    let report = store
+        .import(f, |p| {
+            pb.set_message(format!("{:?}: {} IDs", p.phase, p.ids))
+        })
+        .map_err(|e| Failure::from_error(e, dir));
+    pb.finish_and_clear();
+    let report = report?;
+    close(store, dir)?;
+    let fields = vec![
+        ("ids", report.info.ids),
+        ("added", report.added),
+        ("merged", report.merged),
+        ("unchanged", report.unchanged),
+        ("expired", report.expired),
+        ("source_store_id", u64::from(report.info.source_store_id)),
+    ];
+    snapshot_report(out, json, "import", dir, file, &fields)
+}
+
+/// Prints what `export` or `import` (`what`) did: one JSON object, or a
+/// table headed by the store and the snapshot file.
+fn snapshot_report(
+    out: &mut impl Write,
+    json: bool,
+    what: &str,
+    dir: &Path,
+    file: &Path,
+    fields: &[(&'static str, u64)],
+) -> Run {
+    if json {
+        let v = json!({
+            "dir": dir.display().to_string(),
+            "file": file.display().to_string(),
+            what: fields_json(fields),
+        });
+        writeln!(out, "{v}").map_err(Failure::output)?;
+    } else {
+        writeln!(out, "{:<24}{}", "store", dir.display()).map_err(Failure::output)?;
+        writeln!(out, "{:<24}{}", "snapshot", file.display()).map_err(Failure::output)?;
+        write_table(out, fields).map_err(Failure::output)?;
     }
     Ok(ExitCode::SUCCESS)
 }

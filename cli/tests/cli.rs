@@ -503,3 +503,54 @@ fn usage_errors_exit_2() {
         .code(2)
         .stderr(predicate::str::contains("a key is 1 to 1024 bytes"));
 }
+
+/// Runs `dedupstore CMD --json DIR FILE`, which must succeed; its output.
+fn snapshot_json(cmd: &str, dir: &Path, file: &Path) -> Value {
+    let out = cli()
+        .args([cmd, "--json"])
+        .arg(dir)
+        .arg(file)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    stdout_json(&out)
+}
+
+#[test]
+fn export_then_import_into_a_new_store_and_a_damaged_snapshot_exits_1() {
+    let t = build();
+    let work = tempfile::tempdir().unwrap();
+    let snap = work.path().join("s.ddsnap");
+    let v = snapshot_json("export", t.path(), &snap);
+    // key-5 was removed; job-1 completed, job-2 claimed.
+    assert_eq!(v["export"]["ids"], u64::from(KEYS) - 1 + 2);
+    assert_eq!(v["export"]["claims"], 1);
+    assert!(!work.path().join("s.ddsnap.tmp").exists());
+
+    let mut bad = fs::read(&snap).unwrap();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x10;
+    let bad_path = work.path().join("bad.ddsnap");
+    fs::write(&bad_path, &bad).unwrap();
+    let dst = work.path().join("dst");
+    cli()
+        .args(["import"])
+        .arg(&dst)
+        .arg(&bad_path)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("snapshot rejected at byte"));
+    assert!(!dst.exists(), "a refused snapshot creates no store");
+
+    let v = snapshot_json("import", &dst, &snap);
+    assert_eq!(v["import"]["added"], u64::from(KEYS) + 1);
+    let s = Store::open(&dst, cfg()).unwrap();
+    assert!(s.contains(b"key-0").unwrap());
+    assert!(!s.contains(b"key-5").unwrap());
+    assert!(matches!(
+        s.claim(b"job-1", DAY, Some(7)).unwrap(),
+        Claim::Completed { response: Some(r), .. } if r == b"receipt-1"
+    ));
+}

@@ -142,7 +142,7 @@ pub enum KeyState {
 }
 
 /// The state of a key as its latest record tells it.
-enum State {
+pub(crate) enum State {
     /// A removal (or release): absent, whatever its expiry field says.
     Removed,
     Plain,
@@ -156,10 +156,11 @@ enum State {
     },
 }
 
-struct Current {
-    state: State,
-    expires_at: u64,
-    end: Lsn,
+/// A key's latest record: its state, expiry and end LSN.
+pub(crate) struct Current {
+    pub(crate) state: State,
+    pub(crate) expires_at: u64,
+    pub(crate) end: Lsn,
 }
 
 fn check_fingerprint(stored: Option<u64>, given: Option<u64>) -> Result<()> {
@@ -175,7 +176,12 @@ fn check_fingerprint(stored: Option<u64>, given: Option<u64>) -> Result<()> {
 impl<F: Vfs> Inner<F> {
     /// The key's latest record, expired or not; `Error::Corruption` if it
     /// (or another record the probe read) is damaged.
-    fn current(&self, shard: &Shard, key: &[u8], h: u64) -> Result<Option<(Entry, Current)>> {
+    pub(crate) fn current(
+        &self,
+        shard: &Shard,
+        key: &[u8],
+        h: u64,
+    ) -> Result<Option<(Entry, Current)>> {
         let damage = Damage::default();
         let found = shard.find(tag_of(h), |e| entry_is_key(&self.table, e, key, &damage));
         damage.check()?;

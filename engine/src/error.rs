@@ -109,6 +109,53 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
 
+    /// A restore of shipped segments (`replica::ReplicaWriter`) cannot go
+    /// on: the target directory is not empty, or the segments are not
+    /// given in ascending id order.
+    #[error("cannot restore into {dir}: {reason}")]
+    RestoreTarget {
+        /// The directory being restored into.
+        dir: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A snapshot (a stream written by [`crate::Store::export`]) failed a
+    /// check: it is truncated, damaged, or not a snapshot. `offset` is the
+    /// byte of the stream where the check failed (for a truncated stream,
+    /// where it ended). An import that gets this error imported nothing
+    /// (unless the reason says the snapshot changed during the import; see
+    /// [`crate::Store::import`]).
+    #[error("snapshot rejected at byte {offset}: {reason}")]
+    SnapshotCorrupt {
+        /// Byte offset in the stream.
+        offset: u64,
+        /// What check failed.
+        reason: &'static str,
+    },
+
+    /// A snapshot written by a newer snapshot version than this build reads.
+    #[error("snapshot has version {found}; this build reads up to {supported}")]
+    UnsupportedSnapshotVersion {
+        /// The version it carries.
+        found: u32,
+        /// The newest snapshot version this build reads.
+        supported: u32,
+    },
+
+    /// Reading or writing a snapshot stream failed (`op` is "read", "write",
+    /// "seek" or "flush"; `offset` the stream byte it was at).
+    #[error("snapshot {op} failed at byte {offset}: {source}")]
+    SnapshotIo {
+        /// The call.
+        op: &'static str,
+        /// Byte offset in the stream.
+        offset: u64,
+        /// The error of the reader or writer.
+        #[source]
+        source: io::Error,
+    },
+
     /// An earlier fsync (or msync) failed. What it was meant to persist may or
     /// may not be on disk, so the store refuses every write (and every answer
     /// that would rely on unsynced data) until it is reopened.

@@ -105,6 +105,72 @@ pub mod rec {
     pub const CLAIM_BODY_LEN: usize = 16;
 }
 
+/// A snapshot (`Store::export`): its own layout and version, independent of
+/// the log's. Header, then blocks, then a trailer; docs/FORMAT.md "Snapshot".
+pub mod snap {
+    /// Magic at 0..8.
+    pub const MAGIC: &[u8; 8] = b"DDUPSNAP";
+    /// The snapshot version written and the newest one read.
+    pub const VERSION_NUMBER: u32 = 1;
+    /// u32 snapshot version.
+    pub const VERSION: usize = 8;
+    /// u32 flags: none defined, all must be zero.
+    pub const FLAGS: usize = 12;
+    /// u64 wall clock (ms since the epoch) when the export started.
+    pub const CREATED_AT: usize = 16;
+    /// u32 store id of the exporting store (from `dedupstore.meta`).
+    pub const STORE_ID: usize = 24;
+    /// u32 CRC-32 of bytes `0..HEADER_CRC`.
+    pub const HEADER_CRC: usize = 28;
+    /// Bytes of the header.
+    pub const HEADER_LEN: usize = 32;
+
+    /// Frame type byte (offset 0 of a block or the trailer).
+    pub const TYPE: usize = 0;
+    /// Type byte of a block.
+    pub const TYPE_BLOCK: u8 = 1;
+    /// Type byte of the trailer.
+    pub const TYPE_TRAILER: u8 = 2;
+    /// Block header: u32 entries in the block.
+    pub const BLOCK_ENTRIES: usize = 4;
+    /// Block header: u32 payload length.
+    pub const BLOCK_LEN: usize = 8;
+    /// Block header: u64 xxh3 of header bytes `0..BLOCK_SUM` and the payload.
+    pub const BLOCK_SUM: usize = 16;
+    /// Bytes of a block header; the payload follows.
+    pub const BLOCK_HEADER_LEN: usize = 24;
+    /// Largest payload a reader accepts.
+    pub const MAX_BLOCK_PAYLOAD: usize = 4 << 20;
+
+    /// Trailer: u64 blocks.
+    pub const TRAILER_BLOCKS: usize = 8;
+    /// Trailer: u64 entries (IDs).
+    pub const TRAILER_ENTRIES: usize = 16;
+    /// Trailer: u64 inserts.
+    pub const TRAILER_INSERTS: usize = 24;
+    /// Trailer: u64 claims.
+    pub const TRAILER_CLAIMS: usize = 32;
+    /// Trailer: u64 completes.
+    pub const TRAILER_COMPLETES: usize = 40;
+    /// Trailer: u64 offset of the trailer in the stream.
+    pub const TRAILER_OFFSET: usize = 48;
+    /// Trailer: u64 xxh3 of every stream byte before this field.
+    pub const TRAILER_SUM: usize = 56;
+    /// Bytes of the trailer; the stream ends after it.
+    pub const TRAILER_LEN: usize = 64;
+
+    /// Entry: u8 kind (1 insert, 3 claim, 4 complete).
+    pub const E_KIND: usize = 0;
+    /// Entry: u8 flags, bit 0 = a fingerprint follows the key.
+    pub const E_FLAGS: usize = 1;
+    /// Entry: u16 key length.
+    pub const E_KEY_LEN: usize = 2;
+    /// Entry: u64 expiry (a claim's lease end), ms since the epoch.
+    pub const E_EXPIRES_AT: usize = 4;
+    /// Bytes of an entry's fixed part; the key follows.
+    pub const E_HEADER_LEN: usize = 12;
+}
+
 /// Little-endian fields: the only place the format's integers are read or
 /// written. Callers check bounds first (a short slice panics).
 pub mod le {

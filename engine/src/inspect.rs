@@ -432,7 +432,8 @@ pub struct RecordView<'a> {
     pub expires_at_ms: u64,
     /// Payload fingerprint (claim and complete, when one was given).
     pub fingerprint: Option<u64>,
-    /// Claim token (claim only): the LSN where the claim was first written.
+    /// Claim token (claim only): the LSN where the claim was first written
+    /// (0 for a claim brought in by `Store::import`: orphaned).
     pub token: Option<u64>,
     /// Stored response (complete only).
     pub response: Option<&'a [u8]>,

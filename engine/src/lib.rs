@@ -154,8 +154,10 @@ mod meta;
 mod poison;
 mod record;
 mod recovery;
+pub mod replica;
 mod run_once;
 mod segment;
+mod snapshot;
 mod store;
 pub mod vfs;
 
@@ -184,4 +186,5 @@ pub use error::{Error, Result};
 pub use gc::GcReport;
 pub use limits::{MAX_KEY_LEN, MAX_RESPONSE_LEN, MAX_TTL};
 pub use run_once::RunOnce;
+pub use snapshot::{verify_snapshot, ExportReport, ImportReport, Phase, Progress, SnapshotInfo};
 pub use store::{Outcome, Stats, Store};

@@ -72,6 +72,16 @@ fn encode_header(id: u32) -> [u8; HEADER_LEN] {
     h
 }
 
+/// The header of a segment whose records end at `wm`, the watermark set
+/// (for a segment written whole at once: a restored replica, `replica`).
+pub fn encode_header_with_watermark(id: u32, wm: u64) -> [u8; HEADER_LEN] {
+    let mut h = encode_header(id);
+    le::put_u64(&mut h, at::WATERMARK, wm);
+    let crc = crc32fast::hash(&h[at::WATERMARK..at::WATERMARK_CRC]);
+    le::put_u32(&mut h, at::WATERMARK_CRC, crc);
+    h
+}
+
 /// Checks a segment header. Returns the watermark, or `None` if its slot is
 /// torn or blank (then nothing is known to have been synced).
 pub fn check_header(h: &[u8], expect_id: u32, path: &Path) -> Result<Option<u64>> {

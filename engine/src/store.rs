@@ -918,14 +918,19 @@ impl<F: Vfs> Inner<F> {
     /// A batch's records must fit in half a segment, so that reserving
     /// room for all of them up front never fails halfway.
     pub(crate) fn check_batch_bytes(&self, bytes: usize) -> Result<()> {
-        let max = usize::try_from(self.config.segment_size)
-            .unwrap_or(usize::MAX)
-            .saturating_sub(HEADER_LEN)
-            / 2;
+        let max = self.max_batch_bytes();
         if bytes > max {
             return Err(Error::BatchTooLarge { bytes, max });
         }
         Ok(())
+    }
+
+    /// The most record bytes one batch may write: half a segment.
+    pub(crate) fn max_batch_bytes(&self) -> usize {
+        usize::try_from(self.config.segment_size)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(HEADER_LEN)
+            / 2
     }
 
     /// Under `Immediate`, waits until `need` is durable.
@@ -937,7 +942,7 @@ impl<F: Vfs> Inner<F> {
         }
     }
 
-    fn sync(&self) -> Result<()> {
+    pub(crate) fn sync(&self) -> Result<()> {
         let (seg, end) = self.log.head();
         self.commit.wait_durable(&self.log, lsn(seg.id, end))
     }
