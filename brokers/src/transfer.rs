@@ -1,16 +1,16 @@
 //! Moving one partition's dedup state between consumers through an object
-//! store: [`Shipper`] ships the state of an open store (rounds in the
-//! background, a last one at revoke), [`restore`] builds a store directory
-//! from what was shipped (at assign).
-//!
-//! INTERIM (until the `dedupstore-replicate` crate exists): the store
-//! directory is copied after close, so only the final round of a revoke
-//! ships anything; background rounds ship nothing.
+//! store, with `dedupstore-replicate`: [`Shipper`] ships the state of an
+//! open store (rounds in the background, a last one at revoke), [`restore`]
+//! builds a store directory from the latest round shipped (at assign).
+//! Each partition is the prefix `<name>` in the object store.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use dedupstore::Store;
+use dedupstore_replicate::{ReplicateOptions, Replicator};
+use object_store::local::LocalFileSystem;
+use object_store::ObjectStore;
 
 use crate::BoxError;
 
@@ -19,72 +19,67 @@ type Res<T> = Result<T, BoxError>;
 /// Where partitions' states are shipped to.
 #[derive(Clone)]
 pub struct Remote {
-    root: PathBuf,
+    target: Arc<dyn ObjectStore>,
 }
 
 impl Remote {
     /// An object store on the local file system, rooted at `root`.
     pub fn local(root: &Path) -> Res<Remote> {
         std::fs::create_dir_all(root)?;
-        Ok(Remote { root: root.into() })
+        Ok(Remote {
+            target: Arc::new(LocalFileSystem::new_with_prefix(root)?),
+        })
     }
 }
 
 /// Ships one partition's store.
 pub struct Shipper {
     store: Arc<Store>,
-    dest: PathBuf,
+    replicator: Replicator,
 }
 
 impl Shipper {
-    /// A shipper of `store` under `name` in `remote`.
+    /// A shipper of `store` under `name` in `remote` (continuing what an
+    /// earlier owner shipped there: only the new tail is uploaded).
     pub fn new(store: Arc<Store>, remote: &Remote, name: &str) -> Res<Shipper> {
-        Ok(Shipper {
-            store,
-            dest: remote.root.join(name),
-        })
+        let replicator = Replicator::new(
+            store.clone(),
+            remote.target.clone(),
+            object_store::path::Path::from(name),
+            ReplicateOptions::default(),
+        )?;
+        Ok(Shipper { store, replicator })
     }
 
-    /// One background round: `true` if it shipped, and then everything
-    /// durable in the store when it started is restorable.
+    /// One background round (a sync first): once it returns `true`,
+    /// everything acknowledged by the store when it started is restorable.
     pub fn ship(&self) -> Res<bool> {
-        Ok(false)
+        self.replicator.ship()?;
+        Ok(true)
     }
 
-    /// The revoke: a final sync, a final round, and the store closed.
+    /// The revoke: a final round (sync first), then the store closed.
     pub fn finish(self) -> Res<()> {
-        self.store.sync()?;
+        self.replicator.ship()?;
+        drop(self.replicator);
         let store =
             Arc::try_unwrap(self.store).map_err(|_| "the store is still in use at revoke")?;
-        let dir = store.dir().to_path_buf();
         store.close()?;
-        let tmp = self.dest.with_extension("tmp");
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp)?;
-        for e in std::fs::read_dir(&dir)? {
-            let e = e?;
-            if e.file_type()?.is_file() && e.file_name() != "LOCK" {
-                std::fs::copy(e.path(), tmp.join(e.file_name()))?;
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.dest);
-        std::fs::rename(&tmp, &self.dest)?;
         Ok(())
     }
 }
 
-/// Builds the store of partition `name` in `dir` (new or empty) from what
-/// was shipped; `false` if nothing was ever shipped (then `dir` is left for
-/// a fresh store).
+/// Builds the store of partition `name` in `dir` (must not exist) from the
+/// latest round shipped; `false` if nothing was ever shipped (then `dir` is
+/// left for a fresh store).
 pub fn restore(remote: &Remote, name: &str, dir: &Path) -> Res<bool> {
-    let src = remote.root.join(name);
-    if !src.exists() {
-        return Ok(false);
+    match dedupstore_replicate::restore(
+        remote.target.clone(),
+        &object_store::path::Path::from(name),
+        dir,
+    ) {
+        Ok(_) => Ok(true),
+        Err(dedupstore_replicate::Error::NoManifest { .. }) => Ok(false),
+        Err(e) => Err(e.into()),
     }
-    std::fs::create_dir_all(dir)?;
-    for e in std::fs::read_dir(&src)? {
-        let e = e?;
-        std::fs::copy(e.path(), dir.join(e.file_name()))?;
-    }
-    Ok(true)
 }

@@ -339,12 +339,7 @@ fn cooperative_handoffs_repeat_no_effect() {
     );
 }
 
-// Needs background rounds that ship while the store is open, i.e. the
-// `dedupstore-replicate` crate (branch `repl`): the interim transfer in
-// src/transfer.rs ships only at revoke (a directory copy after close), so a
-// killed owner has nothing restorable yet and this test cannot run.
 #[test]
-#[ignore = "needs dedupstore-replicate (background rounds); see src/transfer.rs"]
 fn crash_of_an_owner_repeats_at_most_its_unshipped_effects() {
     let Some((server, topic)) = setup("crash") else {
         return;
