@@ -11,7 +11,9 @@
 //! to a payment API) costs is a durable write per batch.
 
 pub mod nats;
+pub mod rebalance;
 pub mod redis_streams;
+pub mod transfer;
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;

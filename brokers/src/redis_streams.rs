@@ -39,7 +39,9 @@ impl RedisSource {
         })
     }
 
-    fn entries(v: &Value) -> Res<Vec<Delivery<String>>> {
+    /// Parses a list of stream entries (`[entry id, [field, value, ...]]`)
+    /// into deliveries; entries deleted meanwhile (nil fields) are skipped.
+    pub(crate) fn entries(v: &Value) -> Res<Vec<Delivery<String>>> {
         let Value::Array(list) = v else {
             return Ok(Vec::new());
         };
@@ -161,11 +163,28 @@ impl Source for RedisSource {
 /// it from the start.
 pub fn produce(url: &str, stream: &str, group: &str, ids: &[String]) -> Res<()> {
     let mut conn = redis::Client::open(url)?.get_connection()?;
+    append(&mut conn, ids, |_| stream.to_string())?;
+    redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg(group)
+        .arg("0")
+        .query::<()>(&mut conn)?;
+    Ok(())
+}
+
+/// Appends `ids` in order, each to the stream `stream_of(id)` (fields `id`
+/// and `p`, the payload [`crate::payload_of`]), pipelined.
+pub(crate) fn append(
+    conn: &mut redis::Connection,
+    ids: &[String],
+    stream_of: impl Fn(&str) -> String,
+) -> Res<()> {
     for chunk in ids.chunks(1000) {
         let mut pipe = redis::pipe();
         for id in chunk {
             pipe.cmd("XADD")
-                .arg(stream)
+                .arg(stream_of(id))
                 .arg("*")
                 .arg("id")
                 .arg(id)
@@ -173,13 +192,7 @@ pub fn produce(url: &str, stream: &str, group: &str, ids: &[String]) -> Res<()> 
                 .arg(crate::payload_of(id))
                 .ignore();
         }
-        pipe.query::<()>(&mut conn)?;
+        pipe.query::<()>(conn)?;
     }
-    redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(stream)
-        .arg(group)
-        .arg("0")
-        .query::<()>(&mut conn)?;
     Ok(())
 }

@@ -7,31 +7,7 @@ use dedupstore_brokers::redis_streams;
 
 #[test]
 fn redis_streams_consumer_survives_sigkills_without_losing_a_message() {
-    let Some(server) = common::start(
-        "redis-server",
-        |port, dir| {
-            [
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                dir.to_str().expect("UTF-8 temp path"),
-            ]
-            .map(String::from)
-            .to_vec()
-        },
-        |addr| {
-            redis::Client::open(format!("redis://{addr}/"))
-                .and_then(|c| c.get_connection())
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-                .is_ok()
-        },
-    ) else {
+    let Some(server) = common::start_redis() else {
         return;
     };
     let url = format!("redis://{}/", server.addr);

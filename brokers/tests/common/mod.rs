@@ -99,6 +99,35 @@ pub fn start(
     Some(server)
 }
 
+/// Starts a `redis-server` on loopback (no persistence): see [`start`].
+pub fn start_redis() -> Option<Server> {
+    start(
+        "redis-server",
+        |port, dir| {
+            [
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                dir.to_str().expect("UTF-8 temp path"),
+            ]
+            .map(String::from)
+            .to_vec()
+        },
+        |addr| {
+            redis::Client::open(format!("redis://{addr}/"))
+                .and_then(|c| c.get_connection())
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                .is_ok()
+        },
+    )
+}
+
 fn message_ids(prefix: &str) -> Vec<String> {
     (0..MESSAGES).map(|i| format!("{prefix}{i:06}")).collect()
 }
