@@ -34,7 +34,6 @@ impl Remote {
 
 /// Ships one partition's store.
 pub struct Shipper {
-    store: Arc<Store>,
     replicator: Replicator,
 }
 
@@ -43,12 +42,12 @@ impl Shipper {
     /// earlier owner shipped there: only the new tail is uploaded).
     pub fn new(store: Arc<Store>, remote: &Remote, name: &str) -> Res<Shipper> {
         let replicator = Replicator::new(
-            store.clone(),
+            store,
             remote.target.clone(),
             object_store::path::Path::from(name),
             ReplicateOptions::default(),
         )?;
-        Ok(Shipper { store, replicator })
+        Ok(Shipper { replicator })
     }
 
     /// One background round (a sync first): once it returns `true`,
@@ -58,13 +57,13 @@ impl Shipper {
         Ok(true)
     }
 
-    /// The revoke: a final round (sync first), then the store closed.
+    /// The revoke: a final round (sync first), then this handle on the store
+    /// released (the caller closes or drops the namespace).
     pub fn finish(self) -> Res<()> {
         self.replicator.ship()?;
         drop(self.replicator);
-        let store =
-            Arc::try_unwrap(self.store).map_err(|_| "the store is still in use at revoke")?;
-        store.close()?;
+        // Dropping the namespace afterwards fails with `NamespaceInUse`
+        // if anything else still holds the store.
         Ok(())
     }
 }

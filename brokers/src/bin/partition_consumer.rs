@@ -4,15 +4,19 @@
 //! `partition-consumer <redis-addr> <topic> <group> <name> <work-dir> <remote-dir> <batch> <ack-every> <ship-interval-ms>`
 //!
 //! Commands, one per line on stdin:
+//! The process keeps one dedupstore namespace group in `<work-dir>/ns`,
+//! with one namespace `p<p>` per partition it owns.
+//!
 //! - `assign <p>`: restore partition p's dedup state from the object store
-//!   (an empty store if nothing was ever shipped), open it, start shipping
+//!   into a staging directory of the group and install it as namespace
+//!   `p<p>` (a new, empty namespace if nothing was ever shipped), start shipping
 //!   it every `ship-interval-ms` in the background, take over the entries
 //!   of p's stream still pending in the group (the previous owner's unacked
 //!   deliveries: the redeliveries of a move), then consume p. Answers
 //!   `assigned p=<p> restored=<0|1> takeover=<entries taken over>`.
 //! - `revoke <p>`: stop consuming p (no batch of p is in flight: batches
 //!   run on this one thread), stop the background rounds, final sync, final
-//!   round, close and delete the local copy. Answers `revoked p=<p> covered=<n>`.
+//!   round, close the namespace and drop it (the local copy). Answers `revoked p=<p> covered=<n>`.
 //! - `exit`: revoke every partition, print `DONE ...`, exit 0.
 //!
 //! Each batch of a partition: `claim_batch` → effect (a line per acquired
@@ -39,7 +43,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use dedupstore::{fingerprint, Claim, ClaimToken, Config, Durability, Store};
+use dedupstore::{fingerprint, Claim, ClaimToken, Config, Durability, Namespaces, Store};
 use dedupstore_brokers::rebalance::{ack, read_new, stream_of, take_over};
 use dedupstore_brokers::transfer::{restore, Remote, Shipper};
 use dedupstore_brokers::{BoxError, Delivery, Ledger, LEASE, TTL};
@@ -102,9 +106,10 @@ struct Consumer {
     a: Args,
     conn: redis::Connection,
     ledger: Ledger,
+    /// One namespace per owned partition.
+    ns: Namespaces,
     parts: BTreeMap<u32, Part>,
     counts: HashMap<u32, Counts>,
-    generation: u64,
     t: Totals,
 }
 
@@ -142,13 +147,17 @@ fn run() -> Res<()> {
             }
         }
     });
+    let c_work = a.work.clone();
     let mut c = Consumer {
         a,
         conn,
         ledger,
+        ns: Namespaces::open(
+            c_work.join("ns"),
+            Config::default().durability(Durability::Immediate),
+        )?,
         parts: BTreeMap::new(),
         counts: HashMap::new(),
-        generation: 0,
         t: Totals::default(),
     };
     println!("ready");
@@ -221,19 +230,21 @@ impl Consumer {
             return Err(format!("assign {p}: already owned").into());
         }
         let name = format!("p{p}");
-        self.generation += 1;
-        let dir = self
-            .a
-            .work
-            .join("parts")
-            .join(format!("{name}.{}", self.generation));
+        // The object store is the partition's state; a local copy left from
+        // an earlier ownership (a revoke cut short) is stale: drop it.
+        if self.ns.list().contains(&name) {
+            self.ns.drop_namespace(&name)?;
+        }
         // Restore before consuming: the previous owner's completed effects
         // must answer `Completed` before any redelivery is claimed.
-        let restored = restore(&self.a.remote, &name, &dir)?;
-        let store = Arc::new(Store::open(
-            &dir,
-            Config::default().durability(Durability::Immediate),
-        )?);
+        let staged = self.ns.staging_dir()?;
+        let restored = restore(&self.a.remote, &name, &staged)?;
+        let store = if restored {
+            self.ns.install(&name, &staged)?
+        } else {
+            std::fs::remove_dir(&staged)?;
+            self.ns.create(&name)?
+        };
         let shipper = Shipper::new(store.clone(), &self.a.remote, &name)?;
         let completed = self.counts.entry(p).or_default().completed.clone();
         let rounds = spawn_rounds(p, shipper, completed, self.a.interval);
@@ -282,11 +293,11 @@ impl Consumer {
             .or_default()
             .completed
             .load(Ordering::SeqCst);
-        let dir = part.store.dir().to_path_buf();
         drop(part);
-        // Final sync, final round, close.
+        // Final sync, final round, close; then the local copy goes.
+        let name = format!("p{p}");
         shipper.finish()?;
-        std::fs::remove_dir_all(&dir)?;
+        self.ns.drop_namespace(&name)?;
         println!("revoked p={p} covered={covered}");
         Ok(())
     }
