@@ -685,3 +685,57 @@ fn background_rounds_and_a_final_round_at_stop() {
         },
     );
 }
+
+/// Review attack: a replicator restarted beside a reopened store, with
+/// `sync_first` off, on a store with nothing new to sync. The store's
+/// durable LSN starts at 0 after open, so the view showed the active
+/// segment empty, the restarted replicator's check of the chunks already up
+/// found them "not matching" the (empty) local bytes, and it wrote a
+/// manifest that forgot every shipped record of the active segment: a
+/// restore from it lost acknowledged, shipped IDs.
+#[test]
+fn a_replicator_restarted_after_reopen_without_sync_first_keeps_the_active_segment() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tempfile::tempdir().expect("tempdir");
+    let target: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(root.path()).expect("local fs"));
+    let clock = ManualClock::new(T0);
+    let dir = tmp.path().join("src");
+    let store = Arc::new(Store::open(&dir, config(&clock)).expect("open"));
+    // Fewer than a segment's worth: everything is in the active segment.
+    insert_all(&store, "a", 0..200, 240 * HOUR);
+    Replicator::new(
+        store.clone(),
+        target.clone(),
+        Path::from("r"),
+        ReplicateOptions::default(),
+    )
+    .expect("replicator")
+    .ship()
+    .expect("ship");
+    match Arc::try_unwrap(store) {
+        Ok(s) => s.close().expect("close"),
+        Err(_) => panic!("the replicator still holds the store"),
+    }
+
+    let store = Arc::new(Store::open(&dir, config(&clock)).expect("reopen"));
+    Replicator::new(
+        store.clone(),
+        target.clone(),
+        Path::from("r"),
+        ReplicateOptions::default().sync_first(false),
+    )
+    .expect("replicator")
+    .ship()
+    .expect("ship after reopen");
+
+    let dst = restore_new(tmp.path(), target, "restored").expect("restore");
+    check_restored(
+        &dst,
+        &clock,
+        &Expect {
+            present: (0..200).map(|i| id("a", i)).collect(),
+            absent: vec![id("b", 0)],
+        },
+    );
+}

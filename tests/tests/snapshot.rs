@@ -922,3 +922,47 @@ fn randomized_round_trip_answers_every_key_the_same() {
         // Claimed keys differ only in `orphaned`, which `state` sets.
     }
 }
+
+/// Rewrites the expiry of the first entry of the first block of `snap` and
+/// fixes the block and stream checksums (docs/FORMAT.md, "Snapshot"): a
+/// well-formed snapshot no export of this build writes.
+fn with_first_expiry(snap: &[u8], expires_at: u64) -> Vec<u8> {
+    let mut s = snap.to_vec();
+    let block = 32;
+    let payload = block + 24;
+    s[payload + 4..payload + 12].copy_from_slice(&expires_at.to_le_bytes());
+    let len = u32::from_le_bytes(s[block + 8..block + 12].try_into().unwrap()) as usize;
+    let mut x = xxhash_rust::xxh3::Xxh3::new();
+    x.update(&s[block..block + 16]);
+    x.update(&s[payload..payload + len]);
+    let sum = x.digest();
+    s[block + 16..block + 24].copy_from_slice(&sum.to_le_bytes());
+    let n = s.len();
+    let sum = xxhash_rust::xxh3::xxh3_64(&s[..n - 8]);
+    s[n - 8..].copy_from_slice(&sum.to_le_bytes());
+    s
+}
+
+/// Review attack: an imported ID expiring "never" (u64::MAX ms, beyond
+/// MAX_TTL) stays present through peek, GC and a reopen, and nothing panics.
+#[test]
+fn an_imported_expiry_at_the_end_of_time_is_kept_without_panic() {
+    let clock = ManualClock::new(1_800_000_000_000);
+    let (_, src) = sim_store(&clock);
+    assert!(src.check_and_insert(b"k", HOUR).unwrap().is_inserted());
+    let snap = with_first_expiry(&export(&src), u64::MAX);
+    let (fs, dst) = sim_store(&clock);
+    let r = import(&dst, &snap).expect("a well-formed snapshot imports");
+    assert_eq!(r.added, 1);
+    let _ = dst.peek(b"k").expect("peek");
+    clock.advance(Duration::from_secs(20 * 365 * 86_400));
+    dst.gc_now().expect("gc");
+    assert!(
+        dst.contains(b"k").unwrap(),
+        "an ID expiring never was dropped"
+    );
+    dst.close().unwrap();
+    let dst = Store::open_with(fs.clone(), "/db", cfg(&clock)).unwrap();
+    assert!(dst.contains(b"k").unwrap(), "forgotten at reopen");
+    assert!(!dst.check_and_insert(b"k", HOUR).unwrap().is_inserted());
+}
