@@ -739,3 +739,47 @@ fn a_replicator_restarted_after_reopen_without_sync_first_keeps_the_active_segme
         },
     );
 }
+
+/// Review attack: the new owner opens the restored store with another
+/// segment size than the old owner's (both ways), writes past the restored
+/// tail over several segments, reopens: nothing shipped or written is lost.
+#[test]
+fn a_restored_store_opened_with_another_segment_size_keeps_everything() {
+    for (src_size, dst_size) in [(64u64 << 10, 16u64 << 20), (16 << 20, 64 << 10)] {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let target: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let clock = ManualClock::new(T0);
+        let store = Arc::new(
+            Store::open(
+                tmp.path().join("src"),
+                config(&clock).segment_size(src_size),
+            )
+            .expect("open"),
+        );
+        insert_all(&store, "a", 0..3000, 240 * HOUR);
+        Replicator::new(
+            store.clone(),
+            target.clone(),
+            Path::from("r"),
+            ReplicateOptions::default(),
+        )
+        .expect("replicator")
+        .ship()
+        .expect("ship");
+        let dst = restore_new(tmp.path(), target, "restored").expect("restore");
+        let cfg = || config(&clock).segment_size(dst_size);
+        let restored = Store::open(&dst, cfg()).expect("the restored store opens");
+        insert_all(&restored, "b", 0..3000, 240 * HOUR);
+        restored.close().expect("close");
+        let restored = Store::open(&dst, cfg()).expect("reopen");
+        for kind in ["a", "b"] {
+            let keys: Vec<Vec<u8>> = (0..3000).map(|i| id(kind, i)).collect();
+            let got = restored.contains_batch(&keys).expect("contains");
+            assert!(
+                got.iter().all(|&p| p),
+                "{kind} IDs lost ({src_size} -> {dst_size})"
+            );
+        }
+        restored.close().expect("close");
+    }
+}
