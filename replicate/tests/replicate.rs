@@ -783,3 +783,32 @@ fn a_restored_store_opened_with_another_segment_size_keeps_everything() {
         restored.close().expect("close");
     }
 }
+
+/// Review attack: restore onto a path that is a regular file, into a
+/// non-empty directory, and onto a store's own directory: each is refused,
+/// the path is left as it was and no temporary directory is left beside it.
+#[test]
+fn a_restore_onto_a_file_or_a_non_empty_dir_is_refused_and_leaves_nothing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let target: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let (store, _clock) = shipped_store(tmp.path(), target.clone());
+    std::fs::write(tmp.path().join("file"), b"mine").expect("write");
+    std::fs::create_dir(tmp.path().join("full")).expect("mkdir");
+    std::fs::write(tmp.path().join("full/x"), b"x").expect("write");
+    for name in ["file", "full", "src"] {
+        assert!(
+            restore_new(tmp.path(), target.clone(), name).is_err(),
+            "restore onto {name} accepted"
+        );
+    }
+    assert_eq!(
+        std::fs::read(tmp.path().join("file")).expect("read"),
+        b"mine"
+    );
+    assert_eq!(
+        std::fs::read(tmp.path().join("full/x")).expect("read"),
+        b"x"
+    );
+    assert_only(tmp.path(), &["file", "full", "src"]);
+    assert!(store.contains(id("a", 0)).expect("contains"));
+}
