@@ -849,7 +849,7 @@ fn rounds_racing_writers_rolls_and_compaction_restore_everything_acknowledged() 
                 }
                 i += 50;
                 acked.store(u64::from(i), Ordering::SeqCst);
-                if i % 500 == 0 {
+                if i.is_multiple_of(500) {
                     clock.advance(2 * HOUR);
                 }
             }
