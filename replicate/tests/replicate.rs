@@ -901,3 +901,67 @@ fn rounds_racing_writers_rolls_and_compaction_restore_everything_acknowledged() 
     assert!(round >= 2);
     assert!(compacted > 0, "GC compacted nothing: the race was not run");
 }
+
+/// Review attack: claims through a restore. A claim in progress at the
+/// last round comes back orphaned (taken over at once by the new owner's
+/// claim), a completed one answers with its response, and the old owner's
+/// tokens complete nothing on the restored store (fencing across the
+/// handoff), even though the restored log has the same LSNs.
+#[test]
+fn a_restored_claim_is_orphaned_and_the_old_owners_token_is_stale_there() {
+    use dedupstore::{Claim, KeyState};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let target: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let clock = ManualClock::new(T0);
+    let store = Arc::new(Store::open(tmp.path().join("src"), config(&clock)).expect("open"));
+    let Claim::Acquired(live) = store.claim(b"live", HOUR, Some(1)).expect("claim") else {
+        panic!("not acquired")
+    };
+    let Claim::Acquired(done) = store.claim(b"done", HOUR, Some(2)).expect("claim") else {
+        panic!("not acquired")
+    };
+    store
+        .complete(&done, Some(b"receipt"), 24 * HOUR)
+        .expect("complete");
+    Replicator::new(
+        store.clone(),
+        target.clone(),
+        Path::from("r"),
+        ReplicateOptions::default(),
+    )
+    .expect("replicator")
+    .ship()
+    .expect("ship");
+    let dst = restore_new(tmp.path(), target, "restored").expect("restore");
+    let restored = Store::open(&dst, config(&clock)).expect("the restored store opens");
+    assert!(
+        matches!(
+            restored.peek(b"live").expect("peek"),
+            KeyState::InProgress { orphaned: true, .. }
+        ),
+        "a restored claim is not orphaned"
+    );
+    assert!(
+        restored.complete(&live, Some(b"zombie"), HOUR).is_err(),
+        "the old owner's token completed a claim on the restored store"
+    );
+    assert!(
+        restored.release(&live).is_err(),
+        "the old owner's token released a claim on the restored store"
+    );
+    let Claim::Acquired(mine) = restored.claim(b"live", HOUR, Some(1)).expect("claim") else {
+        panic!("an orphaned restored claim was not taken over at once")
+    };
+    restored
+        .complete(&mine, Some(b"new owner"), HOUR)
+        .expect("the new owner completes");
+    assert!(matches!(
+        restored.peek(b"done").expect("peek"),
+        KeyState::Completed { .. }
+    ));
+    // The old owner, still running, is not fenced on its own store.
+    store
+        .complete(&live, Some(b"old"), HOUR)
+        .expect("old store");
+    restored.close().expect("close");
+}
