@@ -965,3 +965,44 @@ fn a_restored_claim_is_orphaned_and_the_old_owners_token_is_stale_there() {
         .expect("old store");
     restored.close().expect("close");
 }
+
+/// Review attack: `ReplicateOptions`' fields are public, so a caller can set
+/// `chunk_bytes` or `concurrency` to 0 without the builders' clamp. A round
+/// then looped forever with chunk size 0 (chunks never advance; the upload
+/// list grew until the process was killed for memory) and never ended with
+/// concurrency 0 (no request allowed in flight). Both are taken as 1 now:
+/// the round completes and restores.
+#[test]
+fn zero_chunk_bytes_or_concurrency_set_on_the_fields_still_ship() {
+    for (chunk, conc) in [(0u64, 8usize), (4096, 0)] {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let target: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let clock = ManualClock::new(T0);
+        let store = Arc::new(Store::open(tmp.path().join("src"), config(&clock)).expect("open"));
+        insert_all(&store, "a", 0..300, 240 * HOUR);
+        let mut opts = ReplicateOptions::default();
+        opts.chunk_bytes = chunk;
+        opts.concurrency = conc;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (s, t) = (store.clone(), target.clone());
+        std::thread::spawn(move || {
+            let r = Replicator::new(s, t, Path::from("r"), opts).and_then(|r| r.ship());
+            let _ = tx.send(r.map(|_| ()));
+        });
+        // A liveness guard, not a speed figure: the round takes
+        // milliseconds; the bug was a round that never ends.
+        let r = rx
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("a round with {chunk} / {conc} never ended"));
+        r.expect("ship");
+        let dst = restore_new(tmp.path(), target, "restored").expect("restore");
+        check_restored(
+            &dst,
+            &clock,
+            &Expect {
+                present: (0..300).map(|i| id("a", i)).collect(),
+                absent: vec![id("b", 0)],
+            },
+        );
+    }
+}
