@@ -1006,3 +1006,39 @@ fn zero_chunk_bytes_or_concurrency_set_on_the_fields_still_ship() {
         );
     }
 }
+
+/// Review attack: the replica of a store with nothing in it (one segment,
+/// no record bytes) restores to a store that opens, takes inserts across
+/// segment rolls and reopens with them.
+#[test]
+fn the_replica_of_an_empty_store_restores_to_a_working_store() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let target: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let clock = ManualClock::new(T0);
+    let store = Arc::new(Store::open(tmp.path().join("src"), config(&clock)).expect("open"));
+    let report = Replicator::new(
+        store.clone(),
+        target.clone(),
+        Path::from("r"),
+        ReplicateOptions::default(),
+    )
+    .expect("replicator")
+    .ship()
+    .expect("ship");
+    assert!(
+        report.manifest_written,
+        "an empty store's replica has a manifest"
+    );
+    let dst = restore_new(tmp.path(), target, "restored").expect("restore");
+    let restored = Store::open(&dst, config(&clock)).expect("the restored store opens");
+    insert_all(&restored, "b", 0..3000, 240 * HOUR);
+    restored.close().expect("close");
+    check_restored(
+        &dst,
+        &clock,
+        &Expect {
+            present: (0..3000).map(|i| id("b", i)).collect(),
+            absent: vec![id("a", 0)],
+        },
+    );
+}
