@@ -226,10 +226,10 @@ pub fn s3_from_env(bucket: &str) -> Result<Arc<dyn ObjectStore>> {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ReplicateOptions {
-    /// Largest chunk object, bytes (default 8 MiB). Bytes of one segment
+    /// Largest chunk object, bytes (default 8 MiB; 0 is taken as 1). Bytes of one segment
     /// shipped in one round are split into chunks of at most this size.
     pub chunk_bytes: u64,
-    /// Requests in flight at once (default 8).
+    /// Requests in flight at once (default 8; 0 is taken as 1).
     pub concurrency: usize,
     /// Call [`Store::sync`] at the start of each round (default true), so
     /// that under `Durability::Interval`/`None` a round ships everything
@@ -388,8 +388,14 @@ impl Replicator {
         store: Arc<Store>,
         target: Arc<dyn ObjectStore>,
         prefix: Path,
-        opts: ReplicateOptions,
+        mut opts: ReplicateOptions,
     ) -> Result<Self> {
+        // Invariant: chunks advance and requests are sent. The fields are
+        // public, so the builders' clamp may have been bypassed: a chunk
+        // size of 0 made a round loop forever (its upload list growing
+        // without bound), a concurrency of 0 never sent a request.
+        opts.chunk_bytes = opts.chunk_bytes.max(1);
+        opts.concurrency = opts.concurrency.max(1);
         let rt = runtime()?;
         let (manifest, listed) = rt.block_on(async {
             let manifest = read_manifest(&*target, &prefix).await?;

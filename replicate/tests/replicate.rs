@@ -685,3 +685,360 @@ fn background_rounds_and_a_final_round_at_stop() {
         },
     );
 }
+
+/// Review attack: a replicator restarted beside a reopened store, with
+/// `sync_first` off, on a store with nothing new to sync. The store's
+/// durable LSN starts at 0 after open, so the view showed the active
+/// segment empty, the restarted replicator's check of the chunks already up
+/// found them "not matching" the (empty) local bytes, and it wrote a
+/// manifest that forgot every shipped record of the active segment: a
+/// restore from it lost acknowledged, shipped IDs.
+#[test]
+fn a_replicator_restarted_after_reopen_without_sync_first_keeps_the_active_segment() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tempfile::tempdir().expect("tempdir");
+    let target: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(root.path()).expect("local fs"));
+    let clock = ManualClock::new(T0);
+    let dir = tmp.path().join("src");
+    let store = Arc::new(Store::open(&dir, config(&clock)).expect("open"));
+    // Fewer than a segment's worth: everything is in the active segment.
+    insert_all(&store, "a", 0..200, 240 * HOUR);
+    Replicator::new(
+        store.clone(),
+        target.clone(),
+        Path::from("r"),
+        ReplicateOptions::default(),
+    )
+    .expect("replicator")
+    .ship()
+    .expect("ship");
+    match Arc::try_unwrap(store) {
+        Ok(s) => s.close().expect("close"),
+        Err(_) => panic!("the replicator still holds the store"),
+    }
+
+    let store = Arc::new(Store::open(&dir, config(&clock)).expect("reopen"));
+    Replicator::new(
+        store.clone(),
+        target.clone(),
+        Path::from("r"),
+        ReplicateOptions::default().sync_first(false),
+    )
+    .expect("replicator")
+    .ship()
+    .expect("ship after reopen");
+
+    let dst = restore_new(tmp.path(), target, "restored").expect("restore");
+    check_restored(
+        &dst,
+        &clock,
+        &Expect {
+            present: (0..200).map(|i| id("a", i)).collect(),
+            absent: vec![id("b", 0)],
+        },
+    );
+}
+
+/// Review attack: the new owner opens the restored store with another
+/// segment size than the old owner's (both ways), writes past the restored
+/// tail over several segments, reopens: nothing shipped or written is lost.
+#[test]
+fn a_restored_store_opened_with_another_segment_size_keeps_everything() {
+    for (src_size, dst_size) in [(64u64 << 10, 16u64 << 20), (16 << 20, 64 << 10)] {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let target: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let clock = ManualClock::new(T0);
+        let store = Arc::new(
+            Store::open(
+                tmp.path().join("src"),
+                config(&clock).segment_size(src_size),
+            )
+            .expect("open"),
+        );
+        insert_all(&store, "a", 0..3000, 240 * HOUR);
+        Replicator::new(
+            store.clone(),
+            target.clone(),
+            Path::from("r"),
+            ReplicateOptions::default(),
+        )
+        .expect("replicator")
+        .ship()
+        .expect("ship");
+        let dst = restore_new(tmp.path(), target, "restored").expect("restore");
+        let cfg = || config(&clock).segment_size(dst_size);
+        let restored = Store::open(&dst, cfg()).expect("the restored store opens");
+        insert_all(&restored, "b", 0..3000, 240 * HOUR);
+        restored.close().expect("close");
+        let restored = Store::open(&dst, cfg()).expect("reopen");
+        for kind in ["a", "b"] {
+            let keys: Vec<Vec<u8>> = (0..3000).map(|i| id(kind, i)).collect();
+            let got = restored.contains_batch(&keys).expect("contains");
+            assert!(
+                got.iter().all(|&p| p),
+                "{kind} IDs lost ({src_size} -> {dst_size})"
+            );
+        }
+        restored.close().expect("close");
+    }
+}
+
+/// Review attack: restore onto a path that is a regular file, into a
+/// non-empty directory, and onto a store's own directory: each is refused,
+/// the path is left as it was and no temporary directory is left beside it.
+#[test]
+fn a_restore_onto_a_file_or_a_non_empty_dir_is_refused_and_leaves_nothing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let target: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let (store, _clock) = shipped_store(tmp.path(), target.clone());
+    std::fs::write(tmp.path().join("file"), b"mine").expect("write");
+    std::fs::create_dir(tmp.path().join("full")).expect("mkdir");
+    std::fs::write(tmp.path().join("full/x"), b"x").expect("write");
+    for name in ["file", "full", "src"] {
+        assert!(
+            restore_new(tmp.path(), target.clone(), name).is_err(),
+            "restore onto {name} accepted"
+        );
+    }
+    assert_eq!(
+        std::fs::read(tmp.path().join("file")).expect("read"),
+        b"mine"
+    );
+    assert_eq!(
+        std::fs::read(tmp.path().join("full/x")).expect("read"),
+        b"x"
+    );
+    assert_only(tmp.path(), &["file", "full", "src"]);
+    assert!(store.contains(id("a", 0)).expect("contains"));
+}
+
+/// Review attack: rounds racing writers, segment rolls and compacting GC
+/// (short-lived IDs expire while long-lived ones stay, so GC copies them
+/// forward and deletes their segments between rounds). After each round,
+/// a restore of it holds every long-lived ID acknowledged before the round
+/// started, and no ID that was never inserted.
+#[test]
+fn rounds_racing_writers_rolls_and_compaction_restore_everything_acknowledged() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let target: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let clock = ManualClock::new(T0);
+    let store = Arc::new(Store::open(tmp.path().join("src"), config(&clock)).expect("open"));
+    let repl = Replicator::new(
+        store.clone(),
+        target.clone(),
+        Path::from("r"),
+        ReplicateOptions::default().chunk_bytes(8 << 10),
+    )
+    .expect("replicator");
+    let acked = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (store, acked, stop, clock) =
+            (store.clone(), acked.clone(), stop.clone(), clock.clone());
+        std::thread::spawn(move || {
+            let mut i = 0u32;
+            while !stop.load(Ordering::SeqCst) && i < 6000 {
+                let batch: Vec<Vec<u8>> = (i..i + 50)
+                    .flat_map(|j| [id("long", j), id("short", j)])
+                    .collect();
+                let ttls = [240 * HOUR, HOUR];
+                for (n, k) in batch.iter().enumerate() {
+                    let out = store.check_and_insert(k, ttls[n % 2]).expect("insert");
+                    assert!(out.is_inserted());
+                }
+                i += 50;
+                acked.store(u64::from(i), Ordering::SeqCst);
+                if i.is_multiple_of(500) {
+                    clock.advance(2 * HOUR);
+                }
+            }
+        })
+    };
+    let gc = {
+        let (store, stop) = (store.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut compacted = 0;
+            while !stop.load(Ordering::SeqCst) {
+                compacted += store.gc_now().expect("gc").segments_compacted;
+            }
+            compacted
+        })
+    };
+    let mut round = 0;
+    while !writer.is_finished() || round < 2 {
+        let before = u32::try_from(acked.load(Ordering::SeqCst)).expect("u32");
+        repl.ship().expect("ship");
+        round += 1;
+        let dst = restore_new(tmp.path(), target.clone(), &format!("r{round}")).expect("restore");
+        let s = Store::open(&dst, config(&clock)).expect("restored store opens");
+        let want: Vec<Vec<u8>> = (0..before).map(|j| id("long", j)).collect();
+        let got = s.contains_batch(&want).expect("contains");
+        let missing: Vec<usize> = got
+            .iter()
+            .enumerate()
+            .filter(|(_, &p)| !p)
+            .map(|(j, _)| j)
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "round {round}: {} acknowledged IDs lost, first {:?}",
+            missing.len(),
+            missing.first()
+        );
+        let never: Vec<Vec<u8>> = (0..100).map(|j| id("never", j)).collect();
+        assert!(s
+            .contains_batch(&never)
+            .expect("contains")
+            .iter()
+            .all(|&p| !p));
+        s.close().expect("close");
+        std::fs::remove_dir_all(&dst).expect("rm");
+    }
+    stop.store(true, Ordering::SeqCst);
+    writer.join().expect("writer");
+    let compacted = gc.join().expect("gc");
+    assert!(round >= 2);
+    assert!(compacted > 0, "GC compacted nothing: the race was not run");
+}
+
+/// Review attack: claims through a restore. A claim in progress at the
+/// last round comes back orphaned (taken over at once by the new owner's
+/// claim), a completed one answers with its response, and the old owner's
+/// tokens complete nothing on the restored store (fencing across the
+/// handoff), even though the restored log has the same LSNs.
+#[test]
+fn a_restored_claim_is_orphaned_and_the_old_owners_token_is_stale_there() {
+    use dedupstore::{Claim, KeyState};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let target: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let clock = ManualClock::new(T0);
+    let store = Arc::new(Store::open(tmp.path().join("src"), config(&clock)).expect("open"));
+    let Claim::Acquired(live) = store.claim(b"live", HOUR, Some(1)).expect("claim") else {
+        panic!("not acquired")
+    };
+    let Claim::Acquired(done) = store.claim(b"done", HOUR, Some(2)).expect("claim") else {
+        panic!("not acquired")
+    };
+    store
+        .complete(&done, Some(b"receipt"), 24 * HOUR)
+        .expect("complete");
+    Replicator::new(
+        store.clone(),
+        target.clone(),
+        Path::from("r"),
+        ReplicateOptions::default(),
+    )
+    .expect("replicator")
+    .ship()
+    .expect("ship");
+    let dst = restore_new(tmp.path(), target, "restored").expect("restore");
+    let restored = Store::open(&dst, config(&clock)).expect("the restored store opens");
+    assert!(
+        matches!(
+            restored.peek(b"live").expect("peek"),
+            KeyState::InProgress { orphaned: true, .. }
+        ),
+        "a restored claim is not orphaned"
+    );
+    assert!(
+        restored.complete(&live, Some(b"zombie"), HOUR).is_err(),
+        "the old owner's token completed a claim on the restored store"
+    );
+    assert!(
+        restored.release(&live).is_err(),
+        "the old owner's token released a claim on the restored store"
+    );
+    let Claim::Acquired(mine) = restored.claim(b"live", HOUR, Some(1)).expect("claim") else {
+        panic!("an orphaned restored claim was not taken over at once")
+    };
+    restored
+        .complete(&mine, Some(b"new owner"), HOUR)
+        .expect("the new owner completes");
+    assert!(matches!(
+        restored.peek(b"done").expect("peek"),
+        KeyState::Completed { .. }
+    ));
+    // The old owner, still running, is not fenced on its own store.
+    store
+        .complete(&live, Some(b"old"), HOUR)
+        .expect("old store");
+    restored.close().expect("close");
+}
+
+/// Review attack: `ReplicateOptions`' fields are public, so a caller can set
+/// `chunk_bytes` or `concurrency` to 0 without the builders' clamp. A round
+/// then looped forever with chunk size 0 (chunks never advance; the upload
+/// list grew until the process was killed for memory) and never ended with
+/// concurrency 0 (no request allowed in flight). Both are taken as 1 now:
+/// the round completes and restores.
+#[test]
+fn zero_chunk_bytes_or_concurrency_set_on_the_fields_still_ship() {
+    for (chunk, conc) in [(0u64, 8usize), (4096, 0)] {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let target: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let clock = ManualClock::new(T0);
+        let store = Arc::new(Store::open(tmp.path().join("src"), config(&clock)).expect("open"));
+        insert_all(&store, "a", 0..300, 240 * HOUR);
+        let mut opts = ReplicateOptions::default();
+        opts.chunk_bytes = chunk;
+        opts.concurrency = conc;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (s, t) = (store.clone(), target.clone());
+        std::thread::spawn(move || {
+            let r = Replicator::new(s, t, Path::from("r"), opts).and_then(|r| r.ship());
+            let _ = tx.send(r.map(|_| ()));
+        });
+        // A liveness guard, not a speed figure: the round takes
+        // milliseconds; the bug was a round that never ends.
+        let r = rx
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("a round with {chunk} / {conc} never ended"));
+        r.expect("ship");
+        let dst = restore_new(tmp.path(), target, "restored").expect("restore");
+        check_restored(
+            &dst,
+            &clock,
+            &Expect {
+                present: (0..300).map(|i| id("a", i)).collect(),
+                absent: vec![id("b", 0)],
+            },
+        );
+    }
+}
+
+/// Review attack: the replica of a store with nothing in it (one segment,
+/// no record bytes) restores to a store that opens, takes inserts across
+/// segment rolls and reopens with them.
+#[test]
+fn the_replica_of_an_empty_store_restores_to_a_working_store() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let target: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let clock = ManualClock::new(T0);
+    let store = Arc::new(Store::open(tmp.path().join("src"), config(&clock)).expect("open"));
+    let report = Replicator::new(
+        store.clone(),
+        target.clone(),
+        Path::from("r"),
+        ReplicateOptions::default(),
+    )
+    .expect("replicator")
+    .ship()
+    .expect("ship");
+    assert!(
+        report.manifest_written,
+        "an empty store's replica has a manifest"
+    );
+    let dst = restore_new(tmp.path(), target, "restored").expect("restore");
+    let restored = Store::open(&dst, config(&clock)).expect("the restored store opens");
+    insert_all(&restored, "b", 0..3000, 240 * HOUR);
+    restored.close().expect("close");
+    check_restored(
+        &dst,
+        &clock,
+        &Expect {
+            present: (0..3000).map(|i| id("b", i)).collect(),
+            absent: vec![id("a", 0)],
+        },
+    );
+}
