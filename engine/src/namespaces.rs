@@ -296,7 +296,8 @@ impl<F: Vfs> Namespaces<F> {
     /// rename, then fsyncs of both directories; then opens it.
     /// `Error::NamespaceExists` if `name` is taken; `Error::Locked` if a
     /// store has `staged` open; `Error::WrongLayout` if `staged` holds no
-    /// store (`dedupstore.meta`). The store's files must be durable
+    /// store (`dedupstore.meta`) or is a namespace of a group (this one's
+    /// or another's: `<root>/ns/<name>`). The store's files must be durable
     /// already (`Store::close` makes them so); the rename is what this
     /// makes durable.
     pub fn install(&self, name: &str, staged: &Path) -> Result<Arc<Store<F>>> {
@@ -306,6 +307,10 @@ impl<F: Vfs> Namespaces<F> {
             return Err(Error::NamespaceExists { name: name.into() });
         }
         let fs = &*self.fs;
+        // A namespace of a group (this one's or another's) has no `LOCK` of
+        // its own, so the lock below would not stop taking a namespace's
+        // directory, open or not, away from its group.
+        crate::store::refuse_group_dirs(fs, staged)?;
         let lock_path = staged.join(LOCK_FILE);
         let lock = fs
             .try_lock(&lock_path)
@@ -514,9 +519,15 @@ fn recover<F: Vfs, S>(fs: &F, ns: &Path, staging: &Path) -> Result<BTreeMap<Stri
 }
 
 /// Deletes a store directory (flat: files only) and the directory itself.
-/// Not durable until the parent is fsynced.
+/// Not durable until the parent is fsynced. A plain file (a stray file in
+/// `ns/` listed as a namespace, then dropped) is removed as a file.
 fn purge<F: Vfs>(fs: &F, dir: &Path) -> Result<()> {
-    for name in fs.list(dir).map_err(io_err("list", dir))? {
+    let names = match fs.list(dir) {
+        Ok(names) => names,
+        Err(_) if fs.remove(dir).is_ok() => return Ok(()),
+        Err(e) => return Err(io_err("list", dir)(e)),
+    };
+    for name in names {
         let p = dir.join(&name);
         fs.remove(&p).map_err(io_err("remove", &p))?;
     }

@@ -719,7 +719,7 @@ fn group_root_error(dir: PathBuf) -> Error {
 /// Refuses to open a namespace directory of a group (`<root>/ns/<name>`,
 /// beside `<root>/dedupstore.group`) as a store of its own: the group's
 /// lock covers it, not a lock of its own, so two openers could write it.
-fn refuse_group_dirs<F: Vfs>(fs: &F, dir: &Path) -> Result<()> {
+pub(crate) fn refuse_group_dirs<F: Vfs>(fs: &F, dir: &Path) -> Result<()> {
     let parent = dir.parent();
     if parent.and_then(Path::file_name) != Some(std::ffi::OsStr::new(crate::namespaces::NS_DIR)) {
         return Ok(());

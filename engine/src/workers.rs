@@ -202,8 +202,24 @@ impl<F: Vfs> Workers<F> {
         let last = st.stop && st.members.is_empty();
         drop(st);
         if last {
-            // The threads were told to stop and served this store last.
+            // The threads were told to stop and served this store last:
+            // join them, so that the group's lock is released when this
+            // store's handle (the last user of the workers) is dropped, not
+            // later by an exiting thread (a reopen right after would get
+            // `Locked`).
             self.wake.notify_all();
+            self.join();
+        }
+    }
+
+    /// Joins the threads (except the calling one, if it is one of them).
+    fn join(&self) {
+        let handles = std::mem::take(&mut *lock(&self.threads));
+        let me = std::thread::current().id();
+        for h in handles {
+            if h.thread().id() != me {
+                let _ = h.join();
+            }
         }
     }
 
@@ -225,13 +241,7 @@ impl<F: Vfs> Workers<F> {
         if !empty {
             return;
         }
-        let handles = std::mem::take(&mut *lock(&self.threads));
-        let me = std::thread::current().id();
-        for h in handles {
-            if h.thread().id() != me {
-                let _ = h.join();
-            }
-        }
+        self.join();
     }
 
     /// A thread's loop: take the earliest due job, run it outside the lock.

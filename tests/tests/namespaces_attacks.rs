@@ -95,8 +95,10 @@ fn the_group_is_unlocked_when_the_last_handle_outliving_it_is_dropped() {
         let a = g.get_or_create("a").unwrap();
         assert!(matches!(g.close(), Err(Error::NamespaceInUse { .. })));
         // Still served after the group's close.
-        a.check_and_insert(format!("k{round}").as_bytes(), DAY)
-            .unwrap();
+        assert!(a
+            .check_and_insert(format!("k{round}").as_bytes(), DAY)
+            .unwrap()
+            .is_inserted());
         drop(a);
     }
     let g = Namespaces::open(dir.path(), Config::default()).unwrap();
