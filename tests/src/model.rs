@@ -654,6 +654,8 @@ enum Image {
 
 struct Runner {
     durability: Durability,
+    /// `Config::segment_size`: segments start at 64 KiB and double to it.
+    segment_size: u64,
     nkeys: u32,
     clock: ManualClock,
     fs: SimFs,
@@ -690,7 +692,7 @@ type Res<T = ()> = Result<T, Failure>;
 
 impl Runner {
     fn cfg(&self, clock: ManualClock) -> Config {
-        cfg(self.durability, clock)
+        cfg(self.durability, clock).segment_size(self.segment_size)
     }
 
     /// Counts what an open did with the checkpoint.
@@ -1554,10 +1556,11 @@ fn cfg(durability: Durability, clock: ManualClock) -> Config {
 
 /// The checkpoint of another store over the same keys (same sizes, so the
 /// same segment layout): what a copy from the wrong directory looks like.
-fn foreign_checkpoint(nkeys: u32) -> Vec<u8> {
+fn foreign_checkpoint(nkeys: u32, segment_size: u64) -> Vec<u8> {
     let fs = SimFs::with_seed(7);
     let clock = ManualClock::new(START_MS);
-    let s = Store::open_with(fs.clone(), "/db", cfg(Durability::None, clock))
+    let config = cfg(Durability::None, clock).segment_size(segment_size);
+    let s = Store::open_with(fs.clone(), "/db", config)
         .expect("a new store on a healthy simulated disk opens");
     for k in 0..nkeys {
         let _ = s
@@ -1572,11 +1575,28 @@ fn foreign_checkpoint(nkeys: u32) -> Vec<u8> {
 /// every answer and, after every step, crash images against the model.
 /// Returns the first disagreement (a panic in the store counts as one).
 pub fn check(durability: Durability, nkeys: u32, ops: &[Op]) -> Result<Summary, Failure> {
+    check_with(durability, nkeys, ops, SMALL_SEGMENT)
+}
+
+/// The scenarios' `Config::segment_size`: every segment is the first
+/// (64 KiB) size, so segments roll often.
+pub const SMALL_SEGMENT: u64 = 64 << 10;
+
+/// [`check`] with segments that grow: 64 KiB first, doubling up to
+/// `segment_size` (so sealed segments of mixed sizes are rolled, collected,
+/// compacted and checkpointed).
+pub fn check_with(
+    durability: Durability,
+    nkeys: u32,
+    ops: &[Op],
+    segment_size: u64,
+) -> Result<Summary, Failure> {
     let nkeys = nkeys.max(1);
     let clock = ManualClock::new(START_MS);
     let fs = SimFs::with_seed(0x5EED ^ nkeys as u64);
     let mut r = Runner {
         durability,
+        segment_size,
         nkeys,
         clock: clock.clone(),
         fs,
@@ -1599,7 +1619,7 @@ pub fn check(durability: Durability, nkeys: u32, ops: &[Op]) -> Result<Summary, 
         touched: BTreeSet::new(),
         since_full: 0,
         saved_checkpoint: None,
-        foreign_checkpoint: foreign_checkpoint(nkeys),
+        foreign_checkpoint: foreign_checkpoint(nkeys, segment_size),
     };
     let s = Store::open_with(r.fs.clone(), "/db", r.cfg(clock))
         .map_err(|e| r.fail("open", "new store", format!("opening a new store: {e}")))?;
