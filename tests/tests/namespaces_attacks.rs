@@ -236,3 +236,51 @@ fn drop_then_recreate_the_same_name_never_brings_old_keys_back() {
     }
     assert!(i > 5, "the faults reached the steps ({i})");
 }
+
+/// Bad layouts: a root that is a file, `ns/` or `staging/` that is a file,
+/// a marker that is a directory, install of a missing or file path, a
+/// `.drop-x` beside `x`, junk (invalid-name) entries in `ns/`: errors or
+/// cleanup, never a panic, never a lost namespace.
+#[test]
+fn bad_layouts_are_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    assert!(Namespaces::open(&file, quiet()).is_err());
+
+    for (what, make) in [
+        ("ns", true),
+        ("staging", true),
+        ("dedupstore.group", false),
+    ] {
+        let root = dir.path().join(format!("r-{what}"));
+        drop(Namespaces::open(&root, quiet()).unwrap());
+        let p = root.join(what);
+        if make {
+            std::fs::remove_dir_all(&p).unwrap();
+            std::fs::write(&p, b"junk").unwrap();
+        } else {
+            std::fs::remove_file(&p).unwrap();
+            std::fs::create_dir(&p).unwrap();
+        }
+        assert!(Namespaces::open(&root, quiet()).is_err(), "{what}");
+    }
+
+    let root = dir.path().join("g");
+    let g = Namespaces::open(&root, quiet()).unwrap();
+    let x = g.create("x").unwrap();
+    assert!(x.check_and_insert(b"k", DAY).unwrap().is_inserted());
+    drop(x);
+    assert!(g.install("y", &dir.path().join("missing")).is_err());
+    assert!(g.install("y", &file).is_err());
+    g.close().unwrap();
+    let ns = root.join("ns");
+    std::fs::create_dir(ns.join(".drop-x")).unwrap();
+    std::fs::write(ns.join(".drop-x").join("seg"), b"old").unwrap();
+    std::fs::create_dir(ns.join("bad name")).unwrap();
+    std::fs::write(ns.join("ÿ"), b"junk").unwrap();
+    let g = Namespaces::open(&root, quiet()).unwrap();
+    assert_eq!(g.list(), ["x"]);
+    assert!(g.get("x").unwrap().contains(b"k").unwrap());
+    assert!(!ns.join(".drop-x").exists());
+}
