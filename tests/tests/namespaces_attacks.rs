@@ -248,11 +248,7 @@ fn bad_layouts_are_errors_not_panics() {
     std::fs::write(&file, b"x").unwrap();
     assert!(Namespaces::open(&file, quiet()).is_err());
 
-    for (what, make) in [
-        ("ns", true),
-        ("staging", true),
-        ("dedupstore.group", false),
-    ] {
+    for (what, make) in [("ns", true), ("staging", true), ("dedupstore.group", false)] {
         let root = dir.path().join(format!("r-{what}"));
         drop(Namespaces::open(&root, quiet()).unwrap());
         let p = root.join(what);
@@ -283,4 +279,54 @@ fn bad_layouts_are_errors_not_panics() {
     assert_eq!(g.list(), ["x"]);
     assert!(g.get("x").unwrap().contains(b"k").unwrap());
     assert!(!ns.join(".drop-x").exists());
+}
+
+/// Threads racing `get_or_create`, inserts, `drop_namespace`,
+/// `close_namespace` and `create` on the same few names, with GC, background
+/// checkpoints and `Interval` flushes on the shared workers: no panic, no
+/// deadlock, and every refusal is one of the documented errors.
+#[test]
+fn racing_get_drop_close_and_create_on_the_same_names() {
+    use std::sync::Arc;
+    let cfg = Config::default()
+        .durability(Durability::Interval(Duration::from_millis(1)))
+        .gc_interval(Some(Duration::from_millis(1)))
+        .checkpoints(Checkpoints::Background);
+    let g = Arc::new(Namespaces::open_with(SimFs::new(), ROOT, cfg).unwrap());
+    let names = ["a", "b", "c"];
+    let threads: Vec<_> = (0..4u32)
+        .map(|t| {
+            let g = g.clone();
+            std::thread::spawn(move || {
+                for i in 0..300u32 {
+                    let name = names[((i + t) % 3) as usize];
+                    let ok = |r: dedupstore::Result<()>| match r {
+                        Ok(())
+                        | Err(Error::NamespaceInUse { .. })
+                        | Err(Error::UnknownNamespace { .. })
+                        | Err(Error::NamespaceExists { .. }) => {}
+                        Err(e) => panic!("{name}: {e}"),
+                    };
+                    match (i + t) % 4 {
+                        0 => ok(g.drop_namespace(name)),
+                        1 => ok(g.close_namespace(name)),
+                        2 => ok(g.create(name).map(drop)),
+                        _ => match g.get_or_create(name) {
+                            Ok(s) => {
+                                let k = format!("{t}-{i}");
+                                assert!(s.check_and_insert(k.as_bytes(), DAY).is_ok());
+                                assert!(s.contains(k.as_bytes()).unwrap());
+                            }
+                            Err(e) => ok(Err(e)),
+                        },
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let g = Arc::try_unwrap(g).unwrap();
+    g.close().unwrap();
 }
