@@ -330,3 +330,27 @@ fn racing_get_drop_close_and_create_on_the_same_names() {
     let g = Arc::try_unwrap(g).unwrap();
     g.close().unwrap();
 }
+
+/// The longest name (200 bytes) on a real file system: its temporary names
+/// (`.new-`, `.drop-` prefixes) still fit in a directory entry; names that
+/// differ only in case are two namespaces.
+#[test]
+fn the_longest_name_and_case_variants_on_a_real_file_system() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Namespaces::open(dir.path(), quiet()).unwrap();
+    let long = "L".repeat(200);
+    let s = g.create(&long).unwrap();
+    assert!(s.check_and_insert(b"k", DAY).unwrap().is_inserted());
+    drop(s);
+    let a = g.create("Case").unwrap();
+    let b = g.create("case").unwrap();
+    assert!(a.check_and_insert(b"upper", DAY).unwrap().is_inserted());
+    assert!(!b.contains(b"upper").unwrap());
+    drop((a, b));
+    g.drop_namespace(&long).unwrap();
+    g.close().unwrap();
+    let g = Namespaces::open(dir.path(), quiet()).unwrap();
+    assert_eq!(g.list(), ["Case", "case"]);
+    let s = g.create(&long).unwrap();
+    assert!(!s.contains(b"k").unwrap());
+}
