@@ -245,6 +245,20 @@ fn restore_new(
     restore(target, &Path::from("r"), &dst).map(|_| dst)
 }
 
+/// Restores the replica under prefix `r` of `target` into `tmp/name` and
+/// checks it with [`check_restored`].
+fn restore_and_check(
+    tmp: &FsPath,
+    target: Arc<dyn ObjectStore>,
+    name: &str,
+    clock: &ManualClock,
+    present: Vec<Vec<u8>>,
+    absent: Vec<Vec<u8>>,
+) {
+    let dst = restore_new(tmp, target, name).expect("restore");
+    check_restored(&dst, clock, &Expect { present, absent });
+}
+
 /// Nothing but `keep` is left in `dir` (no temporary restore directory).
 fn assert_only(dir: &FsPath, keep: &[&str]) {
     let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -729,14 +743,13 @@ fn a_replicator_restarted_after_reopen_without_sync_first_keeps_the_active_segme
     .ship()
     .expect("ship after reopen");
 
-    let dst = restore_new(tmp.path(), target, "restored").expect("restore");
-    check_restored(
-        &dst,
+    restore_and_check(
+        tmp.path(),
+        target,
+        "restored",
         &clock,
-        &Expect {
-            present: (0..200).map(|i| id("a", i)).collect(),
-            absent: vec![id("b", 0)],
-        },
+        (0..200).map(|i| id("a", i)).collect(),
+        vec![id("b", 0)],
     );
 }
 
@@ -995,14 +1008,13 @@ fn zero_chunk_bytes_or_concurrency_set_on_the_fields_still_ship() {
             .recv_timeout(Duration::from_secs(120))
             .unwrap_or_else(|_| panic!("a round with {chunk} / {conc} never ended"));
         r.expect("ship");
-        let dst = restore_new(tmp.path(), target, "restored").expect("restore");
-        check_restored(
-            &dst,
+        restore_and_check(
+            tmp.path(),
+            target,
+            "restored",
             &clock,
-            &Expect {
-                present: (0..300).map(|i| id("a", i)).collect(),
-                absent: vec![id("b", 0)],
-            },
+            (0..300).map(|i| id("a", i)).collect(),
+            vec![id("b", 0)],
         );
     }
 }
