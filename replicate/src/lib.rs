@@ -805,6 +805,7 @@ pub fn restore(
         })?
         .to_string_lossy()
         .into_owned();
+    remove_dead_restores(parent, &name);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
@@ -827,6 +828,32 @@ pub fn restore(
             // Best effort: the error says what went wrong.
             let _ = std::fs::remove_dir_all(&tmp);
             Err(e)
+        }
+    }
+}
+
+/// Removes the temporary directories that earlier restores into `name`
+/// left beside it when their process was killed (`.NAME.restoring-PID-N`,
+/// PID no longer running). Best effort: a directory of a running process
+/// (this one included) is left alone, so only leftovers go; a failure to
+/// list or remove leaves them for the next restore.
+fn remove_dead_restores(parent: &std::path::Path, name: &str) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    let start = format!(".{name}.restoring-");
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(rest) = file.to_str().and_then(|f| f.strip_prefix(&start)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id()
+            && !std::path::Path::new("/proc").join(pid.to_string()).exists()
+        {
+            let _ = std::fs::remove_dir_all(entry.path());
         }
     }
 }

@@ -1054,3 +1054,47 @@ fn the_replica_of_an_empty_store_restores_to_a_working_store() {
         },
     );
 }
+
+/// A restore killed midway leaves `.NAME.restoring-PID-N` beside its
+/// target; the next restore into that target removes it once its process
+/// is gone, and leaves alone one whose process is running.
+#[test]
+fn a_restore_removes_what_a_killed_restore_left_and_only_that() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let target: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let clock = ManualClock::new(T0);
+    let store = Arc::new(Store::open(tmp.path().join("src"), config(&clock)).expect("open"));
+    insert_all(&store, "a", 0..100, HOUR);
+    Replicator::new(
+        store,
+        target.clone(),
+        Path::from("r"),
+        ReplicateOptions::default(),
+    )
+    .expect("replicator")
+    .ship()
+    .expect("ship");
+    // PIDs never exceed 2^22 on Linux (`pid_max`), so this one is not running.
+    let dead = tmp.path().join(".restored.restoring-4294967000-1");
+    let alive = tmp
+        .path()
+        .join(format!(".restored.restoring-{}-1", std::process::id()));
+    let other = tmp.path().join(".other.restoring-4294967000-1");
+    for d in [&dead, &alive, &other] {
+        std::fs::create_dir_all(d.join("inside")).expect("leftover");
+    }
+    restore_and_check(
+        tmp.path(),
+        target,
+        "restored",
+        &clock,
+        (0..100).map(|i| id("a", i)).collect(),
+        vec![id("b", 0)],
+    );
+    assert!(!dead.exists(), "a dead restore's leftover is removed");
+    assert!(
+        alive.exists(),
+        "a running process's restore directory is kept"
+    );
+    assert!(other.exists(), "another target's leftovers are not touched");
+}
