@@ -2,3 +2,4 @@
 //! in `fuzz/`: the reference model of the store and an operation runner.
 
 pub mod model;
+pub mod support;

@@ -6,32 +6,21 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use dedupstore::sim::{CrashMode, SimFs};
 use dedupstore::{
-    fingerprint, Claim, ClaimToken, Config, Durability, Error, KeyState, ManualClock, Store,
-    MAX_KEY_LEN, MAX_RESPONSE_LEN,
+    fingerprint, Claim, ClaimToken, Error, KeyState, ManualClock, Store, MAX_KEY_LEN,
+    MAX_RESPONSE_LEN,
 };
 
 const T0: u64 = 1_700_000_000_000;
 const LEASE: Duration = Duration::from_secs(30);
 const DAY: Duration = Duration::from_secs(86_400);
 
-fn cfg(clock: &ManualClock) -> Config {
-    Config::default()
-        .durability(Durability::Immediate)
-        .segment_size(64 << 10)
-        .gc_interval(None)
-        .clock(clock.clone())
-}
+use dedupstore_tests::support::immediate as cfg;
 
 fn syncs<F: dedupstore::vfs::Vfs>(s: &Store<F>) -> u64 {
     s.stats().syncs
 }
 
-fn token(c: &dedupstore::Result<Claim>) -> ClaimToken {
-    match c {
-        Ok(Claim::Acquired(t)) => t.clone(),
-        other => panic!("expected Acquired, got {other:?}"),
-    }
-}
+use dedupstore_tests::support::acquired as token;
 
 #[test]
 fn a_batch_answers_in_order_with_one_sync_per_call() {

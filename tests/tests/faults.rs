@@ -1,6 +1,7 @@
 //! Failing I/O calls: a failed sync, a full disk, and every single I/O call
 //! of a workload failing in turn (SQLite-style).
 
+use dedupstore_tests::support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -61,12 +62,7 @@ fn every_waiter_queued_behind_a_failing_sync_gets_an_error() {
     assert!(s.check_and_insert(b"durable", DAY).unwrap().is_inserted());
     // The next sync waits until released, then fails.
     fs.hold_syncs(true);
-    fs.fail_at(Some(Fault {
-        at: 0,
-        sticky: true,
-        errno: libc::EIO,
-        only: Some("msync"),
-    }));
+    fs.fail_at(Some(support::msync_fails_from_now()));
     let results = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..THREADS)
             .map(|i| {

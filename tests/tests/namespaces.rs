@@ -7,18 +7,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use dedupstore::sim::{CrashMode, Fault, SimFs};
-use dedupstore::{Checkpoints, Claim, Config, Durability, Error, Namespaces, Outcome, Store};
+use dedupstore::{Claim, Config, Durability, Error, Namespaces, Outcome, Store};
 
 const DAY: Duration = Duration::from_secs(86_400);
 const ROOT: &str = "/g";
 
-/// No background I/O: an injected fault hits the call the test aims at.
-fn quiet() -> Config {
-    Config::default()
-        .durability(Durability::Immediate)
-        .gc_interval(None)
-        .checkpoints(Checkpoints::OnCloseAndGc)
-}
+use dedupstore_tests::support::quiet;
 
 fn dot_names(fs: &SimFs) -> Vec<String> {
     fs.file_names(&Path::new(ROOT).join("ns"))

@@ -10,12 +10,7 @@ use dedupstore::{Checkpoints, Config, Durability, Error, Namespaces};
 const DAY: Duration = Duration::from_secs(86_400);
 const ROOT: &str = "/g";
 
-fn quiet() -> Config {
-    Config::default()
-        .durability(Durability::Immediate)
-        .gc_interval(None)
-        .checkpoints(Checkpoints::OnCloseAndGc)
-}
+use dedupstore_tests::support::quiet;
 
 /// `install` took any store directory with a `dedupstore.meta` and no held
 /// `LOCK`. A namespace of a group has no `LOCK` of its own (the group's

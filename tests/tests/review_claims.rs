@@ -3,33 +3,22 @@
 //! Tests named `break_*` fail on main 3942920 and show a broken promise;
 //! the others record attacks that held.
 
+use dedupstore_tests::support;
 use std::cell::Cell;
 use std::time::Duration;
 
 use dedupstore::sim::{CrashMode, Fault, SimFs};
 use dedupstore::{
-    Claim, ClaimToken, Config, Durability, Error, KeyState, ManualClock, RunOnce, Store,
-    MAX_RESPONSE_LEN,
+    Claim, Durability, Error, KeyState, ManualClock, RunOnce, Store, MAX_RESPONSE_LEN,
 };
 
 const T0: u64 = 1_700_000_000_000;
 const LEASE: Duration = Duration::from_secs(30);
 const DAY: Duration = Duration::from_secs(86_400);
 
-fn cfg(clock: &ManualClock) -> Config {
-    Config::default()
-        .durability(Durability::Immediate)
-        .segment_size(64 << 10)
-        .gc_interval(None)
-        .clock(clock.clone())
-}
+use dedupstore_tests::support::immediate as cfg;
 
-fn token(c: &dedupstore::Result<Claim>) -> ClaimToken {
-    match c {
-        Ok(Claim::Acquired(t)) => t.clone(),
-        other => panic!("expected Acquired, got {other:?}"),
-    }
-}
+use dedupstore_tests::support::acquired as token;
 
 fn fail_next_sync(fs: &SimFs) {
     fs.fail_at(Some(Fault {
@@ -59,12 +48,7 @@ fn break_a_claim_batch_whose_sync_failed_survives_power_loss_in_part() {
     let fs = SimFs::new();
     let s = Store::open_with(fs.clone(), "/db", cfg(&clock)).unwrap();
     fs.hold_syncs(true);
-    fs.fail_at(Some(Fault {
-        at: 0,
-        sticky: true,
-        errno: libc::EIO,
-        only: Some("msync"),
-    }));
+    fs.fail_at(Some(support::msync_fails_from_now()));
     let images = std::thread::scope(|sc| {
         let h = sc.spawn(|| s.claim_batch(&items, LEASE));
         while fs.held_syncs() < 1 {
